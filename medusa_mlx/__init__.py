@@ -1,0 +1,3 @@
+"""Medusa speculative decoding for MLX."""
+
+__version__ = "0.1.0"
