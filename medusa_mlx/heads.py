@@ -93,13 +93,16 @@ class MedusaHeads(nn.Module):
         return len(self.heads)
 
     def __call__(
-        self, hidden: mx.array, lm_head: Optional[Callable[[mx.array], mx.array]] = None
+        self,
+        hidden: mx.array,
+        lm_head: Optional[Callable[[mx.array], mx.array]] = None,
+        count: Optional[int] = None,
     ) -> mx.array:
-        """hidden (..., H) -> logits (K, ..., V)."""
+        """hidden (..., H) -> logits (K, ..., V) of the first ``count`` heads (all by default)."""
         if self.args.shared_lm_head and lm_head is None:
             raise ValueError("these heads share the backbone's lm_head: pass it in")
         out = []
-        for head in self.heads:
+        for head in self.heads[:count]:
             x = head.features(hidden)
             out.append(head.lm_head(x) if not self.args.shared_lm_head else lm_head(x))
         return mx.stack(out)

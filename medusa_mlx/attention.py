@@ -1,0 +1,134 @@
+"""Tree attention on unmodified mlx-lm models, through the hooks mlx-lm exposes.
+
+Three pieces, none of which touches a model file:
+
+- ``TreeKVCache``: mlx-lm's ``KVCache`` whose ``make_mask`` hands every layer the
+  tree mask (whole prefix + the node's own ancestors) while a tree is verified.
+  mlx-lm models build their mask with ``create_attention_mask(h, cache)``,
+  which defers to ``cache.make_mask``.
+- ``tree_positions``: for the length of one forward, wraps each attention
+  module's ``rope`` so node j is rotated to ``prefix_len + depth_j`` instead of
+  ``prefix_len + j``. ``mx.fast.rope`` takes one offset per batch row, so the
+  wrapper views (1, H, T, D) as (T, H, 1, D) and passes T offsets. The
+  original modules are put back on exit.
+- ``compact``: after acceptance, moves the accepted nodes' keys/values to the
+  slots right after the prefix and drops the rest.
+"""
+
+from contextlib import contextmanager
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+
+class UnsupportedModelError(ValueError):
+    """The backbone cannot be verified with a tree (one-line reason)."""
+
+
+class TreeKVCache(KVCache):
+    """A ``KVCache`` that can serve a tree mask for the next forward.
+
+    ``tree_mask`` is set only inside :func:`tree_attention`; outside it the
+    cache is indistinguishable from mlx-lm's ``KVCache``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.tree_mask: Optional[mx.array] = None
+
+    def make_mask(self, N: int, return_array: bool = False, window_size=None):
+        if self.tree_mask is None or N != self.tree_mask.shape[0]:
+            return super().make_mask(N, return_array=return_array, window_size=window_size)
+        if window_size is not None:
+            raise UnsupportedModelError("sliding-window attention cannot verify a tree")
+        prefix = mx.ones((N, self.offset), dtype=mx.bool_)
+        return mx.concatenate([prefix, self.tree_mask], axis=1)
+
+
+def model_type(backbone: nn.Module) -> str:
+    args = getattr(backbone, "args", None)
+    return getattr(backbone, "model_type", None) or getattr(args, "model_type", None) or type(backbone).__module__
+
+
+def make_tree_cache(backbone: nn.Module) -> list[TreeKVCache]:
+    """One ``TreeKVCache`` per layer, or a one-line refusal for caches that
+    cannot rewind (rotating windows, recurrent state, hybrids)."""
+    caches = make_prompt_cache(backbone)
+    for c in caches:
+        if type(c) is not KVCache:
+            raise UnsupportedModelError(
+                f"architecture '{model_type(backbone)}' is not supported: its layers use "
+                f"{type(c).__name__}, which cannot drop rejected tree nodes "
+                "(Medusa needs the plain trimmable KVCache in every layer)"
+            )
+    return [TreeKVCache() for _ in caches]
+
+
+def rope_owners(backbone: nn.Module) -> list[nn.Module]:
+    """The attention module of every layer (the one that owns ``rope``)."""
+    owners = []
+    for layer in backbone.layers:
+        found = [m for _, m in layer.named_modules() if isinstance(m, nn.Module) and "rope" in m]
+        if len(found) != 1:
+            raise UnsupportedModelError(
+                f"architecture '{model_type(backbone)}' is not supported: expected one "
+                f"RoPE module per layer, found {len(found)} (tree verification needs "
+                "per-node rotary positions)"
+            )
+        owners.append(found[0])
+    return owners
+
+
+class _PerTokenRoPE(nn.Module):
+    def __init__(self, rope: nn.Module, positions: mx.array):
+        super().__init__()
+        self.rope = rope
+        self._positions = positions
+
+    def __call__(self, x: mx.array, offset=0) -> mx.array:
+        # (1, H, T, D) -> (T, H, 1, D): each "batch row" is one node, with its own offset.
+        y = self.rope(x.transpose(2, 1, 0, 3), offset=self._positions)
+        return y.transpose(2, 1, 0, 3)
+
+
+@contextmanager
+def tree_positions(owners: list[nn.Module], positions: mx.array):
+    originals = [owner["rope"] for owner in owners]
+    try:
+        for owner, rope in zip(owners, originals):
+            owner["rope"] = _PerTokenRoPE(rope, positions)
+        yield
+    finally:
+        for owner, rope in zip(owners, originals):
+            owner["rope"] = rope
+
+
+@contextmanager
+def tree_attention(
+    owners: list[nn.Module], caches: list[TreeKVCache], mask: mx.array, depths: mx.array
+):
+    """Within this block, one forward over the tree's nodes verifies the tree."""
+    positions = depths + caches[0].offset
+    for c in caches:
+        c.tree_mask = mask
+    try:
+        with tree_positions(owners, positions):
+            yield
+    finally:
+        for c in caches:
+            c.tree_mask = None
+
+
+def compact(caches: list[TreeKVCache], prefix_len: int, keep: list[int]) -> None:
+    """Keep tree nodes ``keep`` (in order) right after the prefix; drop the rest."""
+    n = len(keep)
+    if keep != list(range(n)):
+        index = mx.array([prefix_len + k for k in keep])
+        for c in caches:
+            c.keys[..., prefix_len : prefix_len + n, :] = c.keys[..., index, :]
+            c.values[..., prefix_len : prefix_len + n, :] = c.values[..., index, :]
+    for c in caches:
+        c.offset = prefix_len + n
+

@@ -1,0 +1,267 @@
+"""The Medusa decoding loop, shaped like mlx-lm's generate.py.
+
+``medusa_generate_step`` yields one :class:`MedusaStep` per verification;
+``stream_generate`` adds detokenised text and statistics; ``generate`` returns
+the text. Invariant between steps: the KV cache holds every token except the
+last one emitted (the tree root), exactly as in plain decoding.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Iterable, Optional, Sequence, Union
+
+import mlx.core as mx
+
+from .accept import GreedyAcceptor
+from .attention import compact, tree_attention
+from .model import MedusaModel
+from .tree import Tree, TreeSpec, resolve_tree
+
+# proposer(hidden (H,), history: prompt + tokens so far) -> token ids of shape
+# (>= depth, >= topk): row d holds head d's guesses, best first.
+Proposer = Callable[[mx.array, list], mx.array]
+
+
+class ContextLengthError(ValueError):
+    pass
+
+
+@dataclass
+class StepTimings:
+    """Seconds spent per phase. Phases other than ``total`` are only measured
+    (with a device sync after each) when ``profile=True``."""
+
+    total: float = 0.0
+    heads: Optional[float] = None
+    verify: Optional[float] = None
+    accept: Optional[float] = None
+
+
+@dataclass
+class MedusaStep:
+    tokens: list[int]  # emitted this step (accepted head tokens + bonus)
+    accepted: int  # head-proposed tokens accepted (0 for the prefill step)
+    tree_size: int  # nodes verified (0 for the prefill step)
+    timings: StepTimings = field(default_factory=StepTimings)
+
+
+def heads_topk(model: MedusaModel, hidden: mx.array, depth: int, k: int) -> mx.array:
+    """The k best tokens of each of the first ``depth`` heads, best first."""
+    logits = model.heads(hidden, model.lm_head, depth)
+    if k == 1:
+        return mx.argmax(logits, axis=-1, keepdims=True)
+    top = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
+    order = mx.argsort(-mx.take_along_axis(logits, top, axis=-1), axis=-1)
+    return mx.take_along_axis(top, order, axis=-1)
+
+
+def _prefill(model: MedusaModel, prompt: mx.array, cache, step_size: int):
+    """Like mlx-lm: all but the last prompt token in chunks, then the last alone."""
+    while prompt.size > 1:
+        n = min(step_size, prompt.size - 1)
+        model.body(prompt[:n][None], cache=cache)
+        mx.eval([c.state for c in cache])
+        prompt = prompt[n:]
+    return model.forward(prompt[None], cache)
+
+
+def medusa_generate_step(
+    prompt: Union[mx.array, Sequence[int]],
+    model: MedusaModel,
+    *,
+    max_tokens: int = 256,
+    tree: TreeSpec = "tree-16",
+    acceptor=None,
+    proposer: Optional[Proposer] = None,
+    prompt_cache: Optional[list] = None,
+    eos_token_ids: Iterable[int] = (),
+    prefill_step_size: int = 2048,
+    profile: bool = False,
+) -> Generator[MedusaStep, None, None]:
+    """Yield one MedusaStep per decoding step; at most ``max_tokens`` tokens in
+    all, stopping right after the first EOS token."""
+    tree = resolve_tree(tree, model.num_heads)
+    acceptor = acceptor or GreedyAcceptor()
+    prompt = mx.array(prompt) if not isinstance(prompt, mx.array) else prompt
+    cache = prompt_cache if prompt_cache is not None else model.make_cache()
+    context = model.context_length
+    if prompt.size == 0:
+        raise ValueError("the prompt is empty")
+    if context is not None and cache[0].offset + prompt.size >= context:
+        raise ContextLengthError(
+            f"prompt of {cache[0].offset + prompt.size} tokens does not fit the "
+            f"model's context of {context} tokens"
+        )
+    eos = set(eos_token_ids)
+    if max_tokens == 0:
+        return
+    tic = time.perf_counter()
+    hidden, logits = _prefill(model, prompt, cache, prefill_step_size)
+    root = acceptor.first_token(logits[0, -1])
+    last_hidden = hidden[0, -1]
+    history = list(prompt.tolist()) + [root]
+    emitted = 1
+    yield MedusaStep([root], 0, 0, StepTimings(total=time.perf_counter() - tic))
+
+    mask = mx.array(tree.mask)
+    depths = mx.array(tree.depths)
+    gather = mx.array(tree.gather)
+    while root not in eos and emitted != max_tokens:
+        if context is not None and cache[0].offset + tree.depth + 2 > context:
+            return
+        timings = StepTimings()
+        tic = time.perf_counter()
+        if proposer is None:
+            topk = heads_topk(model, last_hidden, tree.depth, tree.topk)
+        else:
+            topk = proposer(last_hidden, history)[: tree.depth, : tree.topk]
+        candidates = mx.concatenate([mx.array([root]), topk.reshape(-1)])[gather]
+        if profile:
+            mx.eval(candidates)
+            timings.heads = time.perf_counter() - tic
+        prefix_len = cache[0].offset
+        with tree_attention(model.rope_owners, cache, mask, depths):
+            hidden, logits = model.forward(candidates[None], cache)
+        if profile:
+            mx.eval(hidden, logits)
+            timings.verify = time.perf_counter() - tic - timings.heads
+        result = acceptor.accept(tree, candidates, logits[0])
+        tokens = _path_tokens(candidates, result.nodes) + [result.bonus]
+        tokens = _truncate(tokens, eos, max_tokens - emitted)
+        # The cache must end up holding the root + every emitted token but the last.
+        compact(cache, prefix_len, result.nodes[: len(tokens)])
+        last_hidden = hidden[0, result.nodes[len(tokens) - 1]]
+        root = tokens[-1]
+        history.extend(tokens)
+        emitted += len(tokens)
+        if profile:
+            timings.accept = time.perf_counter() - tic - timings.heads - timings.verify
+        timings.total = time.perf_counter() - tic
+        yield MedusaStep(tokens, result.accepted, tree.size, timings)
+
+
+def _path_tokens(candidates: mx.array, nodes: list[int]) -> list[int]:
+    return candidates[mx.array(nodes[1:])].tolist() if len(nodes) > 1 else []
+
+
+def _truncate(tokens: list[int], eos: set, budget: int) -> list[int]:
+    if budget >= 0:  # a negative budget means no limit (max_tokens=-1)
+        tokens = tokens[:budget]
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+@dataclass
+class MedusaResponse:
+    """One decoding step, as ``stream_generate`` yields it."""
+
+    text: str  # new text this step
+    tokens: list[int]  # token ids emitted this step
+    accepted: int  # head tokens accepted this step (tokens - 1 unless truncated)
+    step: int  # 0 is the prefill step (one token from the prompt's logits)
+    tree_size: int
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    mean_tokens_per_step: float  # over decoding steps so far (prefill excluded)
+    peak_memory: float  # GB
+    timings: StepTimings
+    finish_reason: Optional[str] = None  # "stop", "length", "context" or None
+
+    @property
+    def token(self) -> int:
+        return self.tokens[-1]
+
+
+def encode_prompt(tokenizer, prompt) -> list[int]:
+    if not isinstance(prompt, str):
+        return list(prompt.tolist() if isinstance(prompt, mx.array) else prompt)
+    # As mlx-lm: add BOS unless the text already starts with it.
+    add_special = tokenizer.bos_token is None or not prompt.startswith(tokenizer.bos_token)
+    return tokenizer.encode(prompt, add_special_tokens=add_special)
+
+
+def stream_generate(
+    model: MedusaModel,
+    tokenizer,
+    prompt: Union[str, Sequence[int], mx.array],
+    max_tokens: int = 256,
+    tree: TreeSpec = "tree-16",
+    **kwargs,
+) -> Generator[MedusaResponse, None, None]:
+    """Like ``mlx_lm.stream_generate``, but one response per Medusa step
+    (several tokens at once). EOS ends generation and is not part of the text."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    if not isinstance(tokenizer, TokenizerWrapper):
+        tokenizer = TokenizerWrapper(tokenizer)
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    eos = set(tokenizer.eos_token_ids)
+    detokenizer = tokenizer.detokenizer
+    steps = medusa_generate_step(
+        prompt_ids, model, max_tokens=max_tokens, tree=tree, eos_token_ids=eos, **kwargs
+    )
+    tic = time.perf_counter()
+    prompt_tps = 0.0
+    n_tokens = n_decode_tokens = n_steps = 0
+    previous = None
+    for i, step in enumerate(steps):
+        if i == 0:
+            prompt_tps = len(prompt_ids) / max(time.perf_counter() - tic, 1e-9)
+            tic = time.perf_counter()
+        else:
+            n_steps += 1
+            n_decode_tokens += len(step.tokens)
+        n_tokens += len(step.tokens)
+        for t in step.tokens:
+            if t not in eos:
+                detokenizer.add_token(t)
+        if previous is not None:
+            yield previous
+        elapsed = max(time.perf_counter() - tic, 1e-9)
+        previous = MedusaResponse(
+            text=detokenizer.last_segment,
+            tokens=step.tokens,
+            accepted=step.accepted,
+            step=i,
+            tree_size=step.tree_size,
+            prompt_tokens=len(prompt_ids),
+            prompt_tps=prompt_tps,
+            generation_tokens=n_tokens,
+            generation_tps=n_decode_tokens / elapsed if n_steps else 0.0,
+            mean_tokens_per_step=n_decode_tokens / n_steps if n_steps else 0.0,
+            peak_memory=mx.get_peak_memory() / 1e9,
+            timings=step.timings,
+        )
+    if previous is None:
+        return
+    detokenizer.finalize()
+    previous.text += detokenizer.last_segment
+    if previous.tokens[-1] in eos:
+        previous.finish_reason = "stop"
+    elif n_tokens == max_tokens:
+        previous.finish_reason = "length"
+    else:
+        previous.finish_reason = "context"
+    yield previous
+
+
+def generate(model: MedusaModel, tokenizer, prompt, verbose: bool = False, **kwargs) -> str:
+    """Return the whole generated text (see :func:`stream_generate`)."""
+    text = ""
+    response = None
+    for response in stream_generate(model, tokenizer, prompt, **kwargs):
+        if verbose:
+            print(response.text, end="", flush=True)
+        text += response.text
+    if verbose and response is not None:
+        print()
+        print(
+            f"Generation: {response.generation_tokens} tokens, "
+            f"{response.generation_tps:.1f} tokens/s, "
+            f"{response.mean_tokens_per_step:.2f} tokens/step"
+        )
+    return text

@@ -1,0 +1,113 @@
+"""MedusaModel: an untouched mlx-lm backbone plus Medusa heads."""
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .attention import UnsupportedModelError, make_tree_cache, model_type, rope_owners
+from .heads import HeadsArgs, MedusaHeads, init_heads
+
+
+@dataclass
+class MedusaModel:
+    """``backbone`` is the mlx-lm model as loaded; ``heads`` guess further tokens.
+
+    ``body`` (the backbone's inner model: tokens -> final-norm hidden states) and
+    ``lm_head`` (hidden -> logits) are the two halves of ``backbone.__call__``;
+    Medusa needs the hidden states in between to run its heads.
+    """
+
+    backbone: nn.Module
+    heads: MedusaHeads
+    body: nn.Module
+    lm_head: Callable[[mx.array], mx.array]
+    rope_owners: list
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads.num_heads
+
+    @property
+    def context_length(self) -> Optional[int]:
+        args = getattr(self.backbone, "args", None)
+        return getattr(args, "max_position_embeddings", None)
+
+    def make_cache(self):
+        return make_tree_cache(self.backbone)
+
+    def forward(self, tokens: mx.array, cache) -> tuple[mx.array, mx.array]:
+        """tokens (1, T) -> (hidden (1, T, H), logits (1, T, V))."""
+        hidden = self.body(tokens, cache=cache)
+        return hidden, self.lm_head(hidden)
+
+    def head_logits(self, hidden: mx.array) -> mx.array:
+        """hidden (..., H) -> (K, ..., V)."""
+        return self.heads(hidden, self.lm_head)
+
+
+def split_backbone(backbone: nn.Module) -> tuple[nn.Module, Callable]:
+    """Find body and projection, and check that ``lm_head(body(x)) == backbone(x)``
+    so that architectures which post-process logits (soft-capping, scaling) are
+    refused instead of silently decoding differently."""
+    body = getattr(backbone, "model", None)
+    if not isinstance(body, nn.Module):
+        raise UnsupportedModelError(
+            f"architecture '{model_type(backbone)}' is not supported: no inner .model"
+        )
+    args = getattr(backbone, "args", None)
+    tied = getattr(args, "tie_word_embeddings", not hasattr(backbone, "lm_head"))
+    if "lm_head" in backbone and not tied:
+        lm_head = backbone.lm_head
+    elif hasattr(body, "embed_tokens"):
+        lm_head = body.embed_tokens.as_linear
+    else:
+        raise UnsupportedModelError(
+            f"architecture '{model_type(backbone)}' is not supported: no lm_head found"
+        )
+    probe = mx.array([[1, 2]])
+    expected = backbone(probe)
+    got = lm_head(body(probe))
+    if expected.shape != got.shape or not mx.allclose(expected, got, atol=1e-4, rtol=1e-3):
+        raise UnsupportedModelError(
+            f"architecture '{model_type(backbone)}' is not supported: its logits are not "
+            "a plain projection of the final hidden state"
+        )
+    return body, lm_head
+
+
+def wrap(backbone: nn.Module, heads: MedusaHeads) -> MedusaModel:
+    make_tree_cache(backbone)  # refuses rotating / recurrent caches early
+    owners = rope_owners(backbone)
+    body, lm_head = split_backbone(backbone)
+    hidden = heads.args.hidden_size
+    probe = body(mx.array([[1]]))
+    if probe.shape[-1] != hidden:
+        raise ValueError(
+            f"heads expect hidden size {hidden}, the backbone has {probe.shape[-1]}"
+        )
+    vocab = lm_head(probe).shape[-1]
+    if heads.args.vocab_size != vocab:
+        raise ValueError(f"heads predict {heads.args.vocab_size} tokens, the backbone {vocab}")
+    return MedusaModel(backbone, heads, body, lm_head, owners)
+
+
+def backbone_dims(backbone: nn.Module) -> tuple[int, int]:
+    body, lm_head = split_backbone(backbone)
+    hidden = body(mx.array([[1]]))
+    return hidden.shape[-1], lm_head(hidden).shape[-1]
+
+
+def attach_heads(
+    backbone: nn.Module,
+    num_heads: int = 4,
+    num_layers: int = 1,
+    seed: int = 0,
+    shared_lm_head: bool = False,
+) -> MedusaModel:
+    """Fresh random heads on ``backbone`` (their guesses are mostly wrong, which
+    exercises rejection; train them with ``medusa_mlx.train``)."""
+    hidden, vocab = backbone_dims(backbone)
+    args = HeadsArgs(hidden, vocab, num_heads, num_layers, shared_lm_head)
+    return wrap(backbone, init_heads(args, seed=seed))

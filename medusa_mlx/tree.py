@@ -1,0 +1,133 @@
+"""Candidate trees in Medusa's "medusa choices" form.
+
+A tree is a list of paths; path ``(i1, i2, .., id)`` is the node reached by
+taking the i1-th best token of head 0, then the i2-th best of head 1, and so on.
+Node 0 is the root: the last token already emitted (not yet in the KV cache).
+Every prefix of a path must itself be a path, so a node's parent is in the tree.
+"""
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+
+Path = tuple[int, ...]
+
+# Medusa's published sparse tree for Vicuna-7B (FasterDecoding/Medusa,
+# medusa/model/medusa_choices.py: ``mc_sim_7b_63``). It was grown greedily by
+# expected acceptance, so every leading slice of it is itself a valid tree:
+# the smaller presets below are its first 7, 15 and 31 paths.
+MC_SIM_7B_63: tuple[Path, ...] = (
+    (0,), (0, 0), (1,), (0, 1), (2,), (0, 0, 0), (1, 0), (0, 2), (3,), (0, 3), (4,),
+    (0, 4), (2, 0), (0, 5), (0, 0, 1), (5,), (0, 6), (6,), (0, 7), (0, 1, 0), (1, 1),
+    (7,), (0, 8), (0, 0, 2), (3, 0), (0, 9), (8,), (9,), (1, 0, 0), (0, 2, 0),
+    (1, 2), (0, 0, 3), (4, 0), (2, 1), (0, 0, 4), (0, 0, 5), (0, 0, 0, 0), (0, 1, 1),
+    (0, 0, 6), (0, 3, 0), (5, 0), (1, 3), (0, 0, 7), (0, 0, 8), (0, 0, 9), (6, 0),
+    (0, 4, 0), (1, 4), (7, 0), (0, 1, 2), (2, 0, 0), (3, 1), (2, 2), (8, 0),
+    (0, 5, 0), (1, 5), (1, 0, 1), (0, 2, 1), (9, 0), (0, 6, 0), (0, 0, 0, 1), (1, 6),
+    (0, 7, 0),
+)  # fmt: skip
+
+
+def _chain(n: int) -> tuple[Path, ...]:
+    return tuple((0,) * d for d in range(1, n + 1))
+
+
+PRESETS: dict[str, tuple[Path, ...]] = {
+    **{f"chain-{n}": _chain(n) for n in range(1, 6)},
+    "tree-8": MC_SIM_7B_63[:7],
+    "tree-16": MC_SIM_7B_63[:15],
+    "tree-32": MC_SIM_7B_63[:31],
+    "tree-64": MC_SIM_7B_63,
+    "mc_sim_7b_63": MC_SIM_7B_63,
+}
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Static buffers for one tree (root included, nodes sorted by depth).
+
+    - ``paths[j]``: node j's path (``()`` for the root).
+    - ``parents[j]``: index of node j's parent (-1 for the root).
+    - ``depths[j]``: RoPE position of node j is ``prefix_len + depths[j]``.
+    - ``mask[i, j]``: node i may attend to node j (j is i or an ancestor of i).
+    - ``gather[j]``: index of node j's token in ``[root, head0 top-k, head1 top-k, ..]``.
+    - ``retrieve[p]``: node indices of root-to-leaf path p, padded with -1.
+    """
+
+    name: str
+    paths: tuple[Path, ...]
+    parents: np.ndarray
+    depths: np.ndarray
+    mask: np.ndarray
+    gather: np.ndarray
+    retrieve: np.ndarray
+    topk: int
+
+    @property
+    def size(self) -> int:
+        return len(self.paths)
+
+    @property
+    def depth(self) -> int:
+        return int(self.depths.max())
+
+    def path_nodes(self, node: int) -> list[int]:
+        """Node indices from the root down to ``node``."""
+        nodes = []
+        while node >= 0:
+            nodes.append(node)
+            node = int(self.parents[node])
+        return nodes[::-1]
+
+
+def build_tree(paths: Sequence[Sequence[int]], name: str = "custom") -> Tree:
+    """Validate ``paths`` and derive every buffer verification needs."""
+    clean = sorted({tuple(int(i) for i in p) for p in paths}, key=lambda p: (len(p), p))
+    if not clean:
+        raise ValueError("a tree needs at least one path")
+    for p in clean:
+        if len(p) == 0 or min(p) < 0:
+            raise ValueError(f"invalid tree path {list(p)}: indices must be >= 0")
+        if len(p) > 1 and p[:-1] not in clean:
+            raise ValueError(f"tree path {list(p)} has no parent path {list(p[:-1])}")
+    nodes: list[Path] = [()] + clean
+    index = {p: j for j, p in enumerate(nodes)}
+    topk = max(max(p) for p in clean) + 1
+    n = len(nodes)
+    parents = np.array([-1] + [index[p[:-1]] for p in clean], dtype=np.int32)
+    depths = np.array([len(p) for p in nodes], dtype=np.int32)
+    mask = np.zeros((n, n), dtype=bool)
+    for j, p in enumerate(nodes):
+        for d in range(len(p) + 1):
+            mask[j, index[p[:d]]] = True
+    gather = np.array([0] + [1 + (len(p) - 1) * topk + p[-1] for p in clean], dtype=np.int32)
+    has_child = np.zeros(n, dtype=bool)
+    has_child[parents[1:]] = True
+    leaves = [j for j in range(n) if not has_child[j]]
+    retrieve = np.full((len(leaves), depths.max() + 1), -1, dtype=np.int32)
+    for row, leaf in enumerate(leaves):
+        chain = [index[nodes[leaf][:d]] for d in range(len(nodes[leaf]) + 1)]
+        retrieve[row, : len(chain)] = chain
+    return Tree(name, tuple(nodes), parents, depths, mask, gather, retrieve, topk)
+
+
+TreeSpec = Union[str, Sequence[Sequence[int]], Tree]
+
+
+def resolve_tree(tree: TreeSpec, num_heads: int) -> Tree:
+    """A preset name, a list of paths or a built Tree -> Tree usable with
+    ``num_heads`` heads (paths deeper than the heads can reach are dropped)."""
+    if isinstance(tree, Tree):
+        built = tree
+    elif isinstance(tree, str):
+        if tree not in PRESETS:
+            names = ", ".join(PRESETS)
+            raise ValueError(f"unknown tree preset {tree!r}; choose one of: {names}")
+        built = build_tree(PRESETS[tree], name=tree)
+    else:
+        built = build_tree(tree)
+    if built.depth <= num_heads:
+        return built
+    kept = [p for p in built.paths[1:] if len(p) <= num_heads]
+    return build_tree(kept, name=f"{built.name}[depth<={num_heads}]")

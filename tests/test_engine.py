@@ -1,0 +1,187 @@
+"""The heart of the suite: Medusa greedy == mlx-lm greedy, and why."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.generate import generate_step
+from mlx_lm.models.cache import make_prompt_cache
+
+from medusa_mlx.attention import UnsupportedModelError, tree_attention
+from medusa_mlx.generate import ContextLengthError, medusa_generate_step
+from medusa_mlx.model import attach_heads
+from medusa_mlx.tree import PRESETS, build_tree, resolve_tree
+from tiny_models import ARCHITECTURES, tiny_model
+
+PROMPT = [1, 5, 9, 17, 33, 2, 64]
+
+
+def plain_greedy(backbone, prompt, n, cache=None):
+    return [t for t, _ in generate_step(mx.array(prompt), backbone, max_tokens=n, prompt_cache=cache)]
+
+
+def medusa_tokens(model, prompt, n, **kwargs):
+    return [t for step in medusa_generate_step(prompt, model, max_tokens=n, **kwargs) for t in step.tokens]
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES + ["llama-4bit"])
+def arch_model(request):
+    arch = request.param
+    if arch == "llama-4bit":
+        backbone = tiny_model("llama", quantize_bits=4)
+    else:
+        backbone = tiny_model(arch)
+    return arch, backbone, attach_heads(backbone, num_heads=4, seed=1)
+
+
+@pytest.mark.parametrize("tree", ["chain-3", "tree-16", "tree-64"])
+def test_greedy_token_identical(arch_model, tree):
+    arch, backbone, model = arch_model
+    ref = plain_greedy(backbone, PROMPT, 200)
+    assert len(set(ref)) > 3, f"{arch}: degenerate reference, the test would be weak"
+    assert medusa_tokens(model, PROMPT, 200, tree=tree) == ref
+
+
+def oracle(reference):
+    """A proposer that knows the greedy continuation: rank 0 of head d is the
+    true token d+1 places after the root; lower ranks are deliberately wrong."""
+
+    def propose(hidden, history):
+        rows = []
+        for d in range(4):
+            pos = len(history) + d
+            true = reference[pos] if pos < len(reference) else 0
+            rows.append([true] + [(true + r) % 128 for r in range(1, 10)])
+        return mx.array(rows)
+
+    return propose
+
+
+@pytest.mark.parametrize("tree", ["chain-1", "chain-4", "tree-64"])
+def test_oracle_heads_accept_full_depth(tree):
+    backbone = tiny_model("llama")
+    model = attach_heads(backbone, num_heads=4)
+    ref = plain_greedy(backbone, PROMPT, 120)
+    steps = list(
+        medusa_generate_step(
+            PROMPT, model, max_tokens=len(ref), tree=tree, proposer=oracle(PROMPT + ref)
+        )
+    )
+    depth = resolve_tree(tree, 4).depth
+    assert [t for s in steps for t in s.tokens] == ref
+    decode = steps[1:]
+    assert all(s.accepted == depth for s in decode[:-1])
+    full = decode[:-1]  # the last step may be cut by max_tokens
+    assert np.mean([len(s.tokens) for s in full]) == depth + 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3"])
+def test_tree_logits_equal_path_decoding(arch):
+    backbone = tiny_model(arch)
+    model = attach_heads(backbone)
+    tree = resolve_tree("tree-64", 4)
+    rng = np.random.default_rng(0)
+    candidates = rng.integers(0, 128, size=tree.size)
+    cache = model.make_cache()
+    model.forward(mx.array(PROMPT)[None], cache)
+    with tree_attention(model.rope_owners, cache, mx.array(tree.mask), mx.array(tree.depths)):
+        _, tree_logits = model.forward(mx.array(candidates)[None], cache)
+    tree_logits = np.array(tree_logits[0])
+    worst = 0.0
+    for j in range(tree.size):
+        path = [int(candidates[n]) for n in tree.path_nodes(j)]
+        plain = backbone(mx.array(PROMPT + path)[None])
+        worst = max(worst, float(np.abs(np.array(plain[0, -1]) - tree_logits[j]).max()))
+    assert worst <= 1e-4
+
+
+def test_cache_after_compaction_equals_plain_decoding():
+    backbone = tiny_model("llama")
+    model = attach_heads(backbone)
+    medusa_cache = model.make_cache()
+    tokens = medusa_tokens(model, PROMPT, 60, tree="tree-64", prompt_cache=medusa_cache)
+    # Plain decoding of the same tokens (the last emitted token is never cached).
+    plain_cache = make_prompt_cache(backbone)
+    backbone(mx.array(PROMPT + tokens[:-1])[None], cache=plain_cache)
+    assert medusa_cache[0].offset == len(PROMPT) + len(tokens) - 1
+    for mc, pc in zip(medusa_cache, plain_cache):
+        pk, pv = pc.keys[..., : pc.offset, :], pc.values[..., : pc.offset, :]
+        mk, mv = mc.keys[..., : mc.offset, :], mc.values[..., : mc.offset, :]
+        assert np.abs(np.array(mk) - np.array(pk)).max() <= 1e-4
+        assert np.abs(np.array(mv) - np.array(pv)).max() <= 1e-4
+
+
+def test_oracle_compaction_over_branching_tree():
+    """Oracle tokens at rank 1 force acceptance down non-first branches, so
+    compaction has to move keys (a chain never does)."""
+    backbone = tiny_model("llama")
+    model = attach_heads(backbone)
+    ref = plain_greedy(backbone, PROMPT, 80)
+    truth = PROMPT + ref
+
+    def rank1_oracle(hidden, history):
+        rows = []
+        for d in range(4):
+            pos = len(history) + d
+            true = truth[pos] if pos < len(truth) else 0
+            rows.append([(true + 1) % 128, true] + [(true + r) % 128 for r in range(2, 10)])
+        return mx.array(rows)
+
+    cache = model.make_cache()
+    steps = list(
+        medusa_generate_step(PROMPT, model, max_tokens=80, tree=[(1,), (1, 1), (1, 1, 1), (0,), (0, 0)], proposer=rank1_oracle, prompt_cache=cache)
+    )
+    assert [t for s in steps for t in s.tokens] == ref
+    assert max(s.accepted for s in steps) == 3
+    # Continue decoding from the compacted cache: must match plain greedy further on.
+    more = medusa_tokens(model, [ref[-1]], 20, prompt_cache=cache)
+    assert more == plain_greedy(backbone, PROMPT + ref, 20)
+
+
+def test_max_tokens_exact_and_eos_stops():
+    backbone = tiny_model("llama")
+    model = attach_heads(backbone)
+    ref = plain_greedy(backbone, PROMPT, 100)
+    for n in (1, 2, 7, 33):
+        steps = list(medusa_generate_step(PROMPT, model, max_tokens=n, tree="tree-64", proposer=oracle(PROMPT + ref)))
+        assert [t for s in steps for t in s.tokens] == ref[:n]
+    eos = ref[41]
+    stop = ref.index(eos)
+    out = medusa_tokens(model, PROMPT, 100, tree="tree-64", proposer=oracle(PROMPT + ref), eos_token_ids=[eos])
+    assert out == ref[: stop + 1]
+
+
+def test_overlong_prompt_is_refused():
+    backbone = tiny_model("llama", max_position_embeddings=32)
+    model = attach_heads(backbone)
+    with pytest.raises(ContextLengthError, match="does not fit the model's context of 32"):
+        next(medusa_generate_step(list(range(40)), model))
+
+
+def test_unsupported_architecture_is_refused():
+    backbone = tiny_model("llama", layer_types=["sliding_attention", "full_attention"], sliding_window=16)
+    with pytest.raises(UnsupportedModelError, match="'llama'.*RotatingKVCache"):
+        attach_heads(backbone)
+
+
+def test_tree_buffers():
+    tree = build_tree([(0,), (1,), (0, 0), (0, 1)])
+    assert tree.paths == ((), (0,), (1,), (0, 0), (0, 1))
+    assert tree.parents.tolist() == [-1, 0, 0, 1, 1]
+    assert tree.depths.tolist() == [0, 1, 1, 2, 2]
+    assert tree.mask.astype(int).tolist() == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 0, 1, 0, 0],
+        [1, 1, 0, 1, 0],
+        [1, 1, 0, 0, 1],
+    ]
+    # [root, head0 rank0, head0 rank1, head1 rank0, head1 rank1]
+    assert tree.gather.tolist() == [0, 1, 2, 3, 4]
+    assert tree.retrieve.tolist() == [[0, 2, -1], [0, 1, 3], [0, 1, 4]]
+    with pytest.raises(ValueError, match="no parent"):
+        build_tree([(0, 0)])
+    sizes = {name: resolve_tree(name, 5).size for name in PRESETS}
+    assert sizes["tree-8"] == 8 and sizes["tree-16"] == 16
+    assert sizes["tree-32"] == 32 and sizes["tree-64"] == 64
+    assert [sizes[f"chain-{n}"] for n in range(1, 6)] == [2, 3, 4, 5, 6]
+    assert resolve_tree("tree-64", 2).depth == 2

@@ -1,0 +1,46 @@
+"""Tiny random mlx-lm models of several architectures, built in-process
+(the way mlx-lm's own tests build them)."""
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.utils import _get_classes
+
+VOCAB = 128
+
+_COMMON = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    vocab_size=VOCAB,
+    max_position_embeddings=1024,
+)
+
+CONFIGS = {
+    "llama": dict(model_type="llama", tie_word_embeddings=False),
+    "mistral": dict(model_type="mistral", tie_word_embeddings=False, rope_theta=1e6),
+    "qwen2": dict(model_type="qwen2", tie_word_embeddings=True),
+    "qwen3": dict(model_type="qwen3", tie_word_embeddings=True, head_dim=16, rope_theta=1e6),
+    "gemma": dict(model_type="gemma", head_dim=16),
+    "phi3": dict(model_type="phi3"),
+}
+
+ARCHITECTURES = list(CONFIGS)
+
+
+def tiny_model(arch: str, seed: int = 0, quantize_bits: int = 0, **overrides) -> nn.Module:
+    config = {**_COMMON, **CONFIGS[arch], **overrides}
+    model_class, args_class = _get_classes(config)
+    mx.random.seed(seed)
+    model = model_class(args_class.from_dict(config))
+    # Larger-than-default weights give peaked, varied next-token distributions,
+    # so greedy runs do not collapse into one repeated token.
+    from mlx.utils import tree_map
+
+    model.update(tree_map(lambda p: p * 2.0 if p.ndim == 2 else p, model.parameters()))
+    if quantize_bits:
+        nn.quantize(model, group_size=32, bits=quantize_bits)
+    mx.eval(model.parameters())
+    return model
