@@ -265,3 +265,50 @@ def generate(model: MedusaModel, tokenizer, prompt, verbose: bool = False, **kwa
             f"{response.mean_tokens_per_step:.2f} tokens/step"
         )
     return text
+
+
+def configure_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Generate text with Medusa speculative decoding (greedy: identical "
+        "to plain mlx-lm greedy output).",
+        epilog="examples:\n"
+        "  python -m medusa_mlx.generate --model ../shared/data/stories260K.bin --prompt 'Once'\n"
+        "  python -m medusa_mlx.generate --prompt 'What is the capital of France?'\n"
+        "  python -m medusa_mlx.generate --model mlx-community/Qwen2.5-0.5B-Instruct-bf16 "
+        "--medusa ./my-heads --tree tree-16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", default=None, help="mlx-lm folder, hub id, .gguf, llama2.c .bin (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: shipped heads for the model)")
+    parser.add_argument("--prompt", default=None, help="prompt text (default: BOS only for base models)")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--tree", default="tree-16", help="tree preset (chain-1..5, tree-8/16/32/64) or 'auto'")
+    parser.add_argument("--no-chat-template", action="store_true", help="send the prompt raw even if the tokenizer has a chat template")
+    return parser
+
+
+def main():
+    from .cli import run_cli
+
+    run_cli(_main)
+
+
+def _main():
+    from .load import load
+
+    args = configure_parser().parse_args()
+    model, tokenizer = load(args.model, args.medusa)
+    if args.prompt is None:
+        prompt = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else tokenizer.encode("")
+    elif tokenizer.chat_template and not args.no_chat_template:
+        messages = [{"role": "user", "content": args.prompt}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    else:
+        prompt = args.prompt
+    generate(model, tokenizer, prompt, verbose=True, max_tokens=args.max_tokens, tree=args.tree)
+
+
+if __name__ == "__main__":
+    main()
