@@ -21,8 +21,8 @@ from .tensor_files import ConversionError, is_safetensors
 SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
 
 
-def convert_backbone(model_dir: Path, source: Source, output: Path, dtype: str,
-                     force: bool) -> None:
+def check_backbone_request(model_dir: Path, source: Source, output: Path, force: bool) -> None:
+    """Fail before anything is written when --backbone-out cannot be honoured."""
     if source.format != "medusa2-full":
         raise ConversionError("--backbone-out only applies to Medusa-2 full models")
     if not model_dir.is_dir():
@@ -33,9 +33,16 @@ def convert_backbone(model_dir: Path, source: Source, output: Path, dtype: str,
     if output.exists() and not force:
         raise ConversionError(f"{output} already exists (use --force to replace it)")
 
+
+def convert_backbone(model_dir: Path, source: Source, output: Path, dtype: str,
+                     force: bool) -> None:
+    check_backbone_request(model_dir, source, output, force)
     from mlx_lm.convert import convert as mlx_lm_convert
 
-    with tempfile.TemporaryDirectory(prefix=".backbone-", dir=output.parent) as staging:
+    files = source.tensors.files
+    output.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{output.name}.staging-"
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=output.parent) as staging:
         staging = Path(staging)
         weight_map = {}
         for shard in files:

@@ -96,6 +96,10 @@ def convert(
 
     path = resolve(source, revision, with_backbone=backbone_out is not None)
     found = detect(path, fmt)
+    if backbone_out is not None:
+        from .backbone import check_backbone_request  # mlx_lm is imported only when needed
+
+        check_backbone_request(path, found, Path(backbone_out), force)
     checkpoint = parse(found, expand_vocab=expand_vocab)
     if base is not None:
         check_against_base(checkpoint, Path(base))
@@ -115,7 +119,7 @@ def convert(
     write_atomically(output_path, force, lambda folder: save_heads(folder, heads, extra))
 
     if backbone_out is not None:
-        from .backbone import convert_backbone  # pulls in mlx_lm only when asked
+        from .backbone import convert_backbone
 
         convert_backbone(path, found, Path(backbone_out), dtype, force)
         checkpoint.notes.append(f"backbone written to {backbone_out}")

@@ -227,6 +227,8 @@ def _load_legacy(path: Path):
 
         try:
             magic = next_pickle()
+        except UnsafeCheckpointError:
+            raise
         except _PARSE_ERRORS:
             magic = None
         if magic != LEGACY_MAGIC:

@@ -292,3 +292,61 @@ def test_vllm_truncated_vocab_is_refused_or_expanded(tmp_path):
     assert weight.shape == (10, 16)
     assert np.array_equal(weight[[7, 0, 3, 9]], rows)
     assert not weight[[1, 2, 4, 5, 6, 8]].any()
+
+
+def test_backbone_out_converts_the_backbone_with_mlx_lm(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from mlx_lm import load
+
+    hidden, vocab, inner = 32, 96, 64
+    model = tmp_path / "model"
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+        {f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0").save_pretrained(
+        str(model))
+    rng = np.random.default_rng(0)
+
+    def rand(*shape):
+        return mx.array(rng.standard_normal(shape).astype(np.float32))
+
+    weights = {"model.embed_tokens.weight": rand(vocab, hidden), "model.norm.weight": rand(hidden),
+               "lm_head.weight": rand(vocab, hidden),
+               "model.layers.0.input_layernorm.weight": rand(hidden),
+               "model.layers.0.post_attention_layernorm.weight": rand(hidden)}
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        weights[f"model.layers.0.self_attn.{name}.weight"] = rand(hidden, hidden)
+    for name, shape in (("gate_proj", (inner, hidden)), ("up_proj", (inner, hidden)),
+                        ("down_proj", (hidden, inner))):
+        weights[f"model.layers.0.mlp.{name}.weight"] = rand(*shape)
+    weights["medusa_head.0.0.linear.weight"] = rand(hidden, hidden)
+    weights["medusa_head.0.0.linear.bias"] = rand(hidden)
+    weights["medusa_head.0.1.weight"] = rand(vocab, hidden)
+    mx.save_safetensors(str(model / "model.safetensors"), weights, metadata={"format": "pt"})
+    (model / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": 1,
+         "intermediate_size": inner, "num_attention_heads": 4, "num_key_value_heads": 4,
+         "rms_norm_eps": 1e-5, "vocab_size": vocab, "tie_word_embeddings": False}))
+    convert(str(model), str(tmp_path / "heads"), dtype="float32",
+            backbone_out=str(tmp_path / "backbone"))
+    backbone, _ = load(str(tmp_path / "backbone"))
+    assert backbone(mx.array([[1, 2, 3]])).shape == (1, 3, vocab)
+    assert load_heads(tmp_path / "heads").num_heads == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone", "heads", "model"]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {PWNED}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_plain_pickle_payload_is_refused(tmp_path, protocol):
+    import pickle
+
+    PWNED.unlink(missing_ok=True)
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"0.0.linear.weight": _Payload()}, protocol=protocol))
+    with pytest.raises(ValueError, match=r"refusing to load (posix|os)\.system"):
+        load_torch_checkpoint(path)
+    assert not PWNED.exists()
