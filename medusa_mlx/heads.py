@@ -101,11 +101,11 @@ class MedusaHeads(nn.Module):
         """hidden (..., H) -> logits (K, ..., V) of the first ``count`` heads (all by default)."""
         if self.args.shared_lm_head and lm_head is None:
             raise ValueError("these heads share the backbone's lm_head: pass it in")
-        out = []
-        for head in self.heads[:count]:
-            x = head.features(hidden)
-            out.append(head.lm_head(x) if not self.args.shared_lm_head else lm_head(x))
-        return mx.stack(out)
+        heads = self.heads[:count]
+        if self.args.shared_lm_head:
+            # One (K, .., H) x (H, V) product reads the large projection once, not K times.
+            return lm_head(mx.stack([head.features(hidden) for head in heads]))
+        return mx.stack([head.lm_head(head.features(hidden)) for head in heads])
 
 
 def init_heads(
