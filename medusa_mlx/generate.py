@@ -114,7 +114,13 @@ def medusa_generate_step(
         if proposer is None:
             topk = heads_topk(model, last_hidden, tree.depth, tree.topk)
         else:
-            topk = proposer(last_hidden, history)[: tree.depth, : tree.topk]
+            topk = proposer(last_hidden, history)
+            if topk.shape[0] < tree.depth or topk.shape[1] < tree.topk:
+                raise ValueError(
+                    f"proposer returned {tuple(topk.shape)} tokens; tree '{tree.name}' "
+                    f"needs at least ({tree.depth}, {tree.topk})"
+                )
+            topk = topk[: tree.depth, : tree.topk]
         candidates = mx.concatenate([mx.array([root]), topk.reshape(-1)])[gather]
         if profile:
             mx.eval(candidates)
@@ -286,6 +292,12 @@ def configure_parser():
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--tree", default="tree-16", help="tree preset (chain-1..5, tree-8/16/32/64) or 'auto'")
     parser.add_argument("--no-chat-template", action="store_true", help="send the prompt raw even if the tokenizer has a chat template")
+    parser.add_argument("--accept", default=None, choices=["greedy", "typical", "lossless"], help="acceptance rule (default: greedy at --temp 0, else lossless)")
+    parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--top-p", type=float, default=0.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--min-p", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=None)
     return parser
 
 
@@ -297,6 +309,7 @@ def main():
 
 def _main():
     from .load import load
+    from .sampling import make_acceptor
 
     args = configure_parser().parse_args()
     model, tokenizer = load(args.model, args.medusa)
@@ -307,7 +320,13 @@ def _main():
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     else:
         prompt = args.prompt
-    generate(model, tokenizer, prompt, verbose=True, max_tokens=args.max_tokens, tree=args.tree)
+    accept = args.accept or ("lossless" if args.temp > 0 else "greedy")
+    acceptor = make_acceptor(
+        accept, temp=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, seed=args.seed
+    )
+    generate(
+        model, tokenizer, prompt, verbose=True, max_tokens=args.max_tokens, tree=args.tree, acceptor=acceptor
+    )
 
 
 if __name__ == "__main__":

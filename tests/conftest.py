@@ -1,5 +1,7 @@
 import os
 import sys
+
+import medusa_mlx  # noqa: F401  (first: preloads OpenBLAS before anything imports mlx)
 from pathlib import Path
 
 import pytest

