@@ -159,7 +159,7 @@ def render(result: dict, console=None) -> None:
     table = Table(title=title)
     for column in ("method", "tree", "tok/s", "min-max", "x base", "tok/step",
                    "acc/step", "ms/step", "heads", "verify", "acc+cache", "ovh",
-                   "peak GB", "exact"):
+                   "peak MB", "exact"):
         table.add_column(column, justify="left" if column in ("method", "tree") else "right")
     for m in result["methods"]:
         tps = m["tokens_per_s"]
