@@ -43,9 +43,9 @@ def measure_verify_cost(
     context: int = 200,
     repeats: int = 7,
     seed: int = 0,
-) -> dict[int, float]:
-    """Median seconds of one verification forward over k new tokens, for each
-    k in ``sizes``, with ``context`` tokens already in the KV cache.
+) -> dict[int, list[float]]:
+    """Seconds of each repeat of one verification forward over k new tokens,
+    for each k in ``sizes``, with ``context`` tokens already in the KV cache.
 
     The forward goes through the same path tree verification uses (tree mask
     and per-token RoPE via :func:`tree_attention`, logits for every node), with
@@ -79,7 +79,7 @@ def measure_verify_cost(
         order = list(sizes) if r % 2 == 0 else list(reversed(sizes))
         for k in order:
             samples[k].append(once(k))
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
 
 
 def verify_cost_curve(
@@ -93,21 +93,29 @@ def verify_cost_curve(
     Used to choose a tree: a tree of k nodes beats plain decoding only if its
     expected tokens per step exceed ``curve[k]`` (plus the heads' cost).
     """
-    sizes = sorted(set(sizes) | {1})
-    seconds = measure_verify_cost(model, sizes, context, repeats)
-    return {k: seconds[k] / seconds[1] for k in sizes}
+    return verify_cost_record(model, sizes, context, repeats)["relative"]
 
 
 def verify_cost_record(model, sizes=VERIFY_SIZES, context=200, repeats=7) -> dict:
-    """The curve with its absolute timings, as stored in the JSON report."""
+    """The curve with its absolute timings, as stored in the JSON report.
+
+    ``relative`` uses medians. ``relative_min`` uses the fastest repeat, which
+    is the better estimate of what the hardware needs when other processes
+    share the CPU (their interference only ever adds time); compare the two to
+    judge how noisy the measurement was.
+    """
     sizes = sorted(set(sizes) | {1})
-    seconds = measure_verify_cost(model, sizes, context, repeats)
+    samples = measure_verify_cost(model, sizes, context, repeats)
+    median = {k: statistics.median(v) for k, v in samples.items()}
+    fastest = {k: min(v) for k, v in samples.items()}
     return {
         "context_tokens": context,
         "repeats": repeats,
         "sizes": sizes,
-        "seconds": {str(k): seconds[k] for k in sizes},
-        "relative": {str(k): seconds[k] / seconds[1] for k in sizes},
+        "seconds": {k: median[k] for k in sizes},
+        "seconds_min": {k: fastest[k] for k in sizes},
+        "relative": {k: median[k] / median[1] for k in sizes},
+        "relative_min": {k: fastest[k] / fastest[1] for k in sizes},
     }
 
 

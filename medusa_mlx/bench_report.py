@@ -2,6 +2,7 @@
 statistics and the Rich table. No timing happens here."""
 
 import json
+import os
 import platform
 import statistics
 from dataclasses import dataclass, field
@@ -104,6 +105,13 @@ def environment() -> dict:
         "processor": platform.processor() or None,
         "python": platform.python_version(),
         "cpu_count": _cpu_count(),
+        # Thread settings change BLAS timings a lot on a small shared CPU.
+        "threads_env": {
+            k: os.environ[k]
+            for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MEDUSA_NO_OPENBLAS")
+            if k in os.environ
+        },
+        "load_average": _load_average(),
         "blas": blas,
         "fast_blas": fast,
         "representative": representative,
@@ -111,9 +119,15 @@ def environment() -> dict:
 
 
 def _cpu_count() -> Optional[int]:
-    import os
-
     return os.cpu_count()
+
+
+def _load_average() -> Optional[list[float]]:
+    """1/5/15-minute load: a busy machine explains noisy timings."""
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
 
 
 def spread(values: list[float]) -> dict:
@@ -197,6 +211,14 @@ def render(result: dict, console=None) -> None:
         cost.add_column("k", justify="right")
         cost.add_column("ms (median)", justify="right")
         cost.add_column("x one token", justify="right")
+        cost.add_column("ms (fastest)", justify="right")
+        cost.add_column("x one token (fastest)", justify="right")
         for k in curve["sizes"]:
-            cost.add_row(str(k), f"{1e3 * curve['seconds'][str(k)]:.1f}", f"{curve['relative'][str(k)]:.2f}")
+            cost.add_row(
+                str(k),
+                f"{1e3 * curve['seconds'][k]:.1f}",
+                f"{curve['relative'][k]:.2f}",
+                f"{1e3 * curve['seconds_min'][k]:.1f}",
+                f"{curve['relative_min'][k]:.2f}",
+            )
         console.print(cost)
