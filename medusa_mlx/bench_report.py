@@ -95,6 +95,8 @@ def environment() -> dict:
     # On a Linux CPU, MLX's bundled reference BLAS makes every matmul ~30x slower
     # and flattens the verify-cost curve: such timings say nothing about Medusa.
     representative = fast or not linux_cpu
+    load = _load_average()
+    cpus = os.cpu_count() or 1
     return {
         "mlx": _version("mlx"),
         "mlx_lm": _version("mlx-lm"),
@@ -111,7 +113,9 @@ def environment() -> dict:
             for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MEDUSA_NO_OPENBLAS")
             if k in os.environ
         },
-        "load_average": _load_average(),
+        "load_average": load,
+        # Other processes competing for the CPU make every timing noisy.
+        "busy": load is not None and load[0] > 0.75 * cpus,
         "blas": blas,
         "fast_blas": fast,
         "representative": representative,
@@ -165,6 +169,11 @@ def render(result: dict, console=None) -> None:
             "[bold red]WARNING: MLX is using the reference BLAS on this Linux CPU "
             f"({env['blas'].get('path')}). These timings are NOT representative: install "
             "OpenBLAS (apt install libopenblas0) and import medusa_mlx before mlx.[/]"
+        )
+    if env.get("busy"):
+        console.print(
+            f"[bold yellow]NOTE: the machine is busy (load {env['load_average'][0]:.1f} on "
+            f"{env['cpu_count']} cores): timings are noisy; compare medians, not single runs.[/]"
         )
     title = (
         f"{cfg['model']} | heads: {cfg['heads']} | {cfg['dtype']} | {cfg['num_prompts']} prompts "
