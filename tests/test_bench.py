@@ -1,0 +1,130 @@
+"""The benchmark's plumbing: schema, output-equality flags, CLI (not speed)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from medusa_mlx import bench, bench_report
+from medusa_mlx.model import attach_heads
+from tiny_models import tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+METHOD_KEYS = {
+    "name", "kind", "tree", "tree_size", "tokens_per_s", "end_to_end_tokens_per_s",
+    "speedup_median", "speedup_per_prompt", "generated_tokens", "steps",
+    "mean_tokens_per_step", "mean_accepted_per_step", "ms_per_step_timed",
+    "peak_memory_gb", "output_equal", "output_equal_per_prompt", "step_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return attach_heads(tiny_model("llama"), num_heads=4, seed=1)
+
+
+def test_verify_cost_curve_is_relative_to_one_token(tiny):
+    curve = bench.verify_cost_curve(tiny, sizes=(2, 8), context=20, repeats=2)
+    assert sorted(curve) == [1, 2, 8]
+    assert curve[1] == 1.0
+    assert all(v > 0 for v in curve.values())
+
+
+def test_methods_reproduce_greedy_including_draft_and_oracle(tiny):
+    methods = bench.make_methods(["chain-2", "tree-16"], tiny.num_heads, draft=True,
+                                 num_draft=2, oracle_trees=["chain-4"])
+    prompts = [[1, 5, 9, 17], [3, 33, 2, 64, 7]]
+    bench.run_methods(methods, tiny, tiny.backbone, prompts, max_tokens=24, eos=set(),
+                      num_draft=2, profile=True, log=lambda _: None)
+    records = [bench.summarize(m, methods[0]) for m in methods]
+    assert [r["kind"] for r in records] == ["baseline", "draft", "medusa", "medusa", "oracle"]
+    for r in records:
+        assert METHOD_KEYS <= set(r)
+        assert r["output_equal"] is True, r["name"]
+        assert r["generated_tokens"] == [24, 24]
+    oracle = records[-1]
+    # An oracle on chain-4 accepts all 4 guesses whenever max_tokens leaves room.
+    assert oracle["mean_accepted_per_step"] > 3
+    for r in records[2:]:
+        split = r["step_ms"]
+        assert split["profiled_steps"] > 0
+        assert split["overhead_fraction"] == pytest.approx(
+            (split["heads"] + split["accept"]) / split["verify"]
+        )
+    assert records[0]["step_ms"] is None  # the baseline is not profiled
+
+
+def test_read_prompts(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n', encoding="utf-8")
+    assert bench_report.read_prompts(path) == ["a", "b"]
+    path.write_text('{"text": "a"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=":1:"):
+        bench_report.read_prompts(path)
+
+
+def test_reference_blas_is_flagged_and_warned(monkeypatch):
+    monkeypatch.setattr(bench_report, "blas_info", lambda: {"library": "reference", "path": "/x/libblas.so.3"})
+    monkeypatch.setattr(bench_report.platform, "system", lambda: "Linux")
+    env = bench_report.environment()
+    assert env["fast_blas"] is False and env["representative"] is False
+    result = {
+        "environment": env,
+        "config": {"model": "m", "heads": "h", "dtype": "float32", "num_prompts": 1, "max_tokens": 1},
+        "methods": [],
+        "verify_cost": None,
+    }
+    console = Console(record=True, width=200)
+    bench_report.render(result, console)
+    assert "NOT representative" in console.export_text()
+
+
+def _stories(shared_dir: Path) -> Path:
+    path = shared_dir / "data" / "stories260K.bin"
+    if not path.is_file():
+        pytest.skip("stories260K.bin not available")
+    return path
+
+
+def test_benchmark_record_on_stories260k(shared_dir):
+    args = bench.configure_parser().parse_args([
+        "--model", str(_stories(shared_dir)), "--trees", "chain-2,tree-8,auto",
+        "--oracle", "--max-tokens", "12", "--num-prompts", "2",
+        "--verify-sizes", "1,4", "--verify-repeats", "1",
+    ])
+    with pytest.warns(UserWarning, match="untrained"):
+        result = bench.benchmark(args, log=lambda _: None)
+    assert result["schema"] == bench_report.SCHEMA
+    env = result["environment"]
+    for key in ("mlx", "mlx_lm", "device", "platform", "blas", "fast_blas", "representative"):
+        assert key in env
+    cfg = result["config"]
+    assert cfg["num_prompts"] == 2 and cfg["max_tokens"] == 12 and cfg["dtype"] == "float32"
+    assert cfg["trees"][:2] == ["chain-2", "tree-8"]
+    assert set(result["verify_cost"]["relative"]) == {1, 4}
+    assert all(m["output_equal"] for m in result["methods"])
+    json.dumps(result)  # every figure must be serialisable
+
+
+def test_cli_writes_json(shared_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Once upon a time"}\n', encoding="utf-8")
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "medusa_mlx.bench", "--model", str(_stories(shared_dir)),
+         "--prompts", str(prompts), "--trees", "chain-2", "--oracle", "--max-tokens", "8",
+         "--verify-sizes", "1,2", "--verify-repeats", "1", "--json", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["config"]["prompt_source"] == str(prompts)
+    assert [m["kind"] for m in result["methods"]] == ["baseline", "medusa", "oracle"]
+    assert all(m["output_equal"] for m in result["methods"])
+    assert set(result["verify_cost"]["relative_min"]) == {"1", "2"}
+    assert "mlx-lm greedy" in proc.stdout
