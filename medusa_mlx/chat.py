@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
+from mlx_lm.generate import generate_step
+from mlx_lm.sample_utils import make_sampler
 
 from .chat_stats import SessionStats, TurnStats
 from .generate import ContextLengthError, medusa_generate_step
 from .model import MedusaModel
+from .sampling import make_acceptor
 from .tree import PRESETS, resolve_tree
 
 HELP = """\
@@ -94,6 +97,10 @@ class ChatSession:
         max_tokens: int = 256,
         tree: str = "tree-16",
         medusa: bool = True,
+        temp: float = 0.0,
+        top_p: float = 0.0,
+        seed: Optional[int] = None,
+        accept: str = "lossless",
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -102,6 +109,14 @@ class ChatSession:
         self.tree = resolve_tree(tree, model.num_heads)
         self.medusa = medusa
         self.eos = set(tokenizer.eos_token_ids)
+        # temp 0 is greedy (exact); otherwise Medusa accepts with ``accept``
+        # ("lossless": same distribution as plain sampling) and plain turns
+        # sample with mlx-lm's own sampler under the same settings.
+        self.sampling = f"temp {temp}, top-p {top_p}, {accept} acceptance" if temp > 0 else "greedy"
+        self.acceptor = make_acceptor(accept if temp > 0 else "greedy", temp=temp, top_p=top_p, seed=seed)
+        self.sampler = make_sampler(temp, top_p) if temp > 0 else None
+        if seed is not None:
+            mx.random.seed(seed)  # plain sampling draws from mx.random
         self.stats = SessionStats()
         self.messages: list[dict] = []
         self.cache = model.make_cache()
@@ -215,17 +230,20 @@ class ChatSession:
             tree=self.tree,
             prompt_cache=self.cache,
             eos_token_ids=self.eos,
+            acceptor=self.acceptor,
         ):
             yield step.tokens, step.accepted
 
     def _plain_steps(self, prompt: list[int], budget: int) -> Iterator[tuple[list[int], int]]:
         """Plain mlx-lm decoding on the same cache (the backbone alone)."""
-        from mlx_lm.generate import generate_step
-
         if budget <= 0:
             return
         steps = generate_step(
-            mx.array(prompt), self.model.backbone, max_tokens=budget, prompt_cache=self.cache
+            mx.array(prompt),
+            self.model.backbone,
+            max_tokens=budget,
+            prompt_cache=self.cache,
+            sampler=self.sampler,
         )
         with closing(steps):
             for token, _ in steps:
@@ -236,13 +254,14 @@ class ChatSession:
     def calibrate(self, n: int = 32) -> float:
         """Plain decoding speed (tokens/s) on a scratch cache, so that the
         speed-up can be shown before any /medusa off turn."""
-        from mlx_lm.generate import generate_step
-
         prompt = self.render([{"role": "user", "content": "Tell me a story."}])
         cache = self.model.make_cache()
         first = None
         count = 0
-        for _ in generate_step(mx.array(prompt), self.model.backbone, max_tokens=n, prompt_cache=cache):
+        steps = generate_step(
+            mx.array(prompt), self.model.backbone, max_tokens=n, prompt_cache=cache, sampler=self.sampler
+        )
+        for _ in steps:
             if first is None:
                 first = time.perf_counter()
             else:
@@ -324,6 +343,10 @@ def load_session(args) -> Loaded:
         max_tokens=args.max_tokens,
         tree=args.tree,
         medusa=not args.no_medusa,
+        temp=args.temp,
+        top_p=args.top_p,
+        seed=args.seed,
+        accept=args.accept,
     )
     name = args.model or "SmolLM2-135M-Instruct (embedded)"
     return Loaded(session, name, heads, untrained)
@@ -351,6 +374,10 @@ def configure_parser():
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
     parser.add_argument("--tree", default="tree-16", choices=list(PRESETS), help="candidate tree (default tree-16)")
+    parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy, token-identical to plain decoding)")
+    parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling threshold (0: off)")
+    parser.add_argument("--accept", default="lossless", choices=["lossless", "typical"], help="how Medusa accepts sampled tokens: lossless (same distribution as plain sampling, default) or typical (faster, not exact)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     parser.add_argument("--no-medusa", action="store_true", help="plain mlx-lm decoding (same display), to compare")
     parser.add_argument("--calibrate", action="store_true", help="measure plain decoding speed at start, so the speed-up shows at once")
     return parser

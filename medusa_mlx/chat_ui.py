@@ -68,11 +68,14 @@ class ChatUI:
     def header(self, out: Console, loaded: Loaded) -> None:
         s = self.session
         mode = "Medusa" if s.medusa else "plain mlx-lm decoding (--no-medusa)"
-        tree = f"tree {s.tree.name} ({s.tree.size} nodes, depth {s.tree.depth}) · max {s.max_tokens} tokens · {mode}"
+        tree = (
+            f"tree {s.tree.name} ({s.tree.size} nodes, depth {s.tree.depth}) · "
+            f"max {s.max_tokens} tokens · {s.sampling} · {mode}"
+        )
         heads = Text(f"heads: {loaded.heads}")
         if loaded.untrained:
             heads = Text(
-                "heads: UNTRAINED (random) - answers are still exact, but expect no "
+                "heads: UNTRAINED (random) - answers are unaffected, but expect no "
                 "speed-up until trained heads are used (--medusa PATH)",
                 style="bold yellow",
             )

@@ -53,6 +53,7 @@ def calls(monkeypatch):
 
     def recording(prompt, model, *, prompt_cache, **kwargs):
         call = {"prompt": len(prompt), "offset": prompt_cache[0].offset, "steps": []}
+        call["acceptor"] = type(kwargs.get("acceptor")).__name__
         log.append(call)
         # The oracle needs the whole context: the session's cached tokens + the prompt.
         context = _current_session[0].cached[: prompt_cache[0].offset]
@@ -216,6 +217,26 @@ def test_context_overflow_is_reported_not_raised(stories):
         turn = s.ask(words)
         assert turn.finish_reason == "context" and turn.tokens > 0
         assert len(s.cached) + 1 <= s.model.context_length
+
+
+def test_sampling_is_seeded_and_reaches_both_decoders(stories, monkeypatch):
+    acceptors = []
+    real = chat.medusa_generate_step
+
+    def recording(*args, acceptor, **kwargs):
+        acceptors.append(type(acceptor).__name__)
+        return real(*args, acceptor=acceptor, **kwargs)
+
+    monkeypatch.setattr(chat, "medusa_generate_step", recording)
+
+    def story(seed, medusa=True, temp=1.5):
+        s = session(stories, template=False, max_tokens=12, temp=temp, seed=seed, medusa=medusa)
+        return s.ask("Once upon a time").text
+
+    assert story(3) == story(3) and story(3, medusa=False)  # a seed fixes the story
+    assert acceptors == ["LosslessAcceptor"] * 2
+    greedy = story(None, temp=0.0)
+    assert any(story(seed) != greedy for seed in range(4))  # temperature matters
 
 
 def test_commands(stories):
