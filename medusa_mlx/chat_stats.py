@@ -62,11 +62,11 @@ class SessionStats:
     @property
     def plain_tps(self) -> Optional[float]:
         # A handful of tokens is too noisy to compare against.
-        return self.plain_tokens / self.plain_seconds if self.plain_tokens >= 8 else None
+        return self.plain_tokens / self.plain_seconds if self.plain_tokens >= 4 else None
 
     @property
     def medusa_tps(self) -> Optional[float]:
-        return self.medusa_tokens / self.medusa_seconds if self.medusa_tokens >= 8 else None
+        return self.medusa_tokens / self.medusa_seconds if self.medusa_tokens >= 4 else None
 
     def report(self, depth: int) -> str:
         steps = sum(self.accepted.values())

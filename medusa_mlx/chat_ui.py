@@ -75,8 +75,8 @@ class ChatUI:
         heads = Text(f"heads: {loaded.heads}")
         if loaded.untrained:
             heads = Text(
-                "heads: UNTRAINED (random) - answers are unaffected, but expect no "
-                "speed-up until trained heads are used (--medusa PATH)",
+                "heads: UNTRAINED (random) - same answers, but expect no speed-up; "
+                "use trained heads with --medusa PATH",
                 style="bold yellow",
             )
         if not s.has_template:

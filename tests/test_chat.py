@@ -4,6 +4,8 @@ Sessions are driven with scripted input on stories260K (with and without a
 chat template); one subprocess test runs ``chat.py`` on the embedded SmolLM2.
 """
 
+import medusa_mlx  # noqa: F401  (first: preloads OpenBLAS before mlx is imported)
+
 import io
 import re
 import subprocess
