@@ -192,27 +192,30 @@ class ChatSession:
         if context is not None:
             budget = min(budget, context - len(self.cached) - len(prompt) - 1)
         steps = self._medusa_steps(prompt) if self.medusa else self._plain_steps(prompt, budget)
-        with closing(steps):
-            for tokens, accepted in steps:
-                now = time.perf_counter()
-                if first is None:
-                    first = now
-                else:
-                    turn.accepted.append(accepted)
-                    turn.decode_tokens += len(tokens)
-                    turn.decode_seconds = now - first
-                generated.extend(tokens)
-                for t in tokens:
-                    if t not in self.eos:
-                        detok.add_token(t)
-                turn.tokens = len(generated)
-                text = detok.last_segment
-                turn.text += text
-                if on_step is not None:
-                    on_step(StepEvent(text, tokens, accepted, turn))
-        detok.finalize()
-        tail = detok.last_segment
-        turn.text += tail
+        try:
+            with closing(steps):
+                for tokens, accepted in steps:
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                    else:
+                        turn.accepted.append(accepted)
+                        turn.decode_tokens += len(tokens)
+                        turn.decode_seconds = now - first
+                    generated.extend(tokens)
+                    for t in tokens:
+                        if t not in self.eos:
+                            detok.add_token(t)
+                    turn.tokens = len(generated)
+                    text = detok.last_segment
+                    turn.text += text
+                    if on_step is not None:
+                        on_step(StepEvent(text, tokens, accepted, turn))
+        finally:
+            # Also after Ctrl-C: the recorded answer must hold all its text.
+            detok.finalize()
+            tail = detok.last_segment
+            turn.text += tail
         if generated and generated[-1] in self.eos:
             turn.finish_reason = "stop"
         elif len(generated) >= self.max_tokens:
