@@ -376,7 +376,7 @@ def configure_parser():
     parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: heads shipped for the model)")
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
-    parser.add_argument("--tree", default="tree-16", choices=list(PRESETS), help="candidate tree (default tree-16)")
+    parser.add_argument("--tree", default="tree-16", help=f"candidate tree: {', '.join(PRESETS)} (default tree-16)")
     parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy, token-identical to plain decoding)")
     parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling threshold (0: off)")
     parser.add_argument("--accept", default="lossless", choices=["lossless", "typical"], help="how Medusa accepts sampled tokens: lossless (same distribution as plain sampling, default) or typical (faster, not exact)")
