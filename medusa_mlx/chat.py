@@ -1,0 +1,401 @@
+"""A chat session over a MedusaModel: conversation, KV-cache reuse, commands, stats.
+
+No terminal code here (``chat_ui.py`` renders with Rich), so tests can drive a
+session with scripted input. Decoding itself stays in ``generate.py``; this
+module only decides which tokens to feed and keeps the cache honest.
+
+Cache reuse: ``cached`` lists the token ids whose keys/values are in ``cache``.
+A new turn renders the whole conversation, keeps the longest common prefix of
+``cached`` and that rendering (templates may re-render earlier turns a little
+differently, e.g. the end-of-turn token after an answer cut at max tokens) and
+feeds only the rest. Generation leaves every emitted token but the last in the
+cache, so ``cached`` becomes ``rendering + answer[:-1]``; anything beyond (a
+half-verified tree after Ctrl-C, mlx-lm's look-ahead token) is trimmed away.
+"""
+
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import mlx.core as mx
+from mlx_lm.generate import generate_step
+from mlx_lm.sample_utils import make_sampler
+
+from .chat_stats import SessionStats, TurnStats
+from .generate import ContextLengthError, medusa_generate_step
+from .model import MedusaModel
+from .sampling import make_acceptor
+from .tree import PRESETS, resolve_tree
+
+HELP = """\
+/help            this help
+/stats           session statistics (speed, accepted tokens per step)
+/reset           forget the conversation (and empty the KV cache)
+/tree NAME       verify a different candidate tree: {trees}
+/medusa on|off   Medusa decoding, or plain mlx-lm decoding to compare speed
+/calibrate       measure plain decoding speed now (for the speed-up figure)
+/quit            leave (Ctrl-D too); Ctrl-C stops the current answer
+tok/step = tokens emitted per verification (1 + head tokens accepted)."""
+
+
+@dataclass
+class StepEvent:
+    """What one decoding step added, for a live display."""
+
+    text: str  # newly decoded text (may be empty)
+    tokens: list[int]
+    accepted: int  # head tokens accepted this step (0 for plain decoding)
+    turn: TurnStats  # running statistics of the answer so far
+
+
+@dataclass
+class CommandResult:
+    text: str = ""
+    quit: bool = False
+    error: bool = False
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def trim_cache(cache: list, length: int) -> None:
+    """Forget every cached position from ``length`` on (mlx-lm's KVCache keeps
+    its buffers and overwrites them from ``offset``)."""
+    for c in cache:
+        if c.offset < length:
+            raise RuntimeError(f"cache holds {c.offset} tokens, cannot keep {length}")
+        c.offset = length
+
+
+def _join(parts: list[str]) -> str:
+    text = ""
+    for part in parts:
+        if text and part and not text[-1].isspace() and not part[0].isspace():
+            text += " "
+        text += part
+    return text
+
+
+class ChatSession:
+    """One conversation with one model. ``ask`` runs a turn; ``command`` runs
+    a /command. ``on_step`` callbacks may raise KeyboardInterrupt to stop an
+    answer: the session stays consistent."""
+
+    def __init__(
+        self,
+        model: MedusaModel,
+        tokenizer,
+        *,
+        system: Optional[str] = None,
+        max_tokens: int = 256,
+        tree: str = "tree-16",
+        medusa: bool = True,
+        temp: float = 0.0,
+        top_p: float = 0.0,
+        seed: Optional[int] = None,
+        accept: str = "lossless",
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.system = system
+        self.max_tokens = max_tokens
+        self.tree = resolve_tree(tree, model.num_heads)
+        self.medusa = medusa
+        self.eos = set(tokenizer.eos_token_ids)
+        # temp 0 is greedy (exact); otherwise Medusa accepts with ``accept``
+        # ("lossless": same distribution as plain sampling) and plain turns
+        # sample with mlx-lm's own sampler under the same settings.
+        self.sampling = f"temp {temp}, top-p {top_p}, {accept} acceptance" if temp > 0 else "greedy"
+        self.acceptor = make_acceptor(accept if temp > 0 else "greedy", temp=temp, top_p=top_p, seed=seed)
+        self.sampler = make_sampler(temp, top_p) if temp > 0 else None
+        if seed is not None:
+            mx.random.seed(seed)  # plain sampling draws from mx.random
+        self.stats = SessionStats()
+        self.messages: list[dict] = []
+        self.cache = model.make_cache()
+        self.cached: list[int] = []
+
+    @property
+    def has_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def reset(self) -> None:
+        self.messages = []
+        self.cached = []
+        trim_cache(self.cache, 0)
+
+    def render(self, messages: list[dict]) -> list[int]:
+        """The whole conversation as token ids, ready for the next answer."""
+        if self.system:
+            messages = [{"role": "system", "content": self.system}] + messages
+        if self.has_template:
+            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        # No template (base models such as stories260K): the conversation is
+        # one running text that the model continues.
+        return list(self.tokenizer.encode(_join([m["content"] for m in messages])))
+
+    # ------------------------------------------------------------------ turns
+
+    def ask(
+        self,
+        text: str,
+        on_step: Optional[Callable[[StepEvent], None]] = None,
+        on_start: Optional[Callable[[TurnStats], None]] = None,
+    ) -> TurnStats:
+        """Answer ``text``; ``finish_reason`` is stop, length, context or interrupted.
+        ``on_start`` sees the turn (prompt sizes) before the prompt is read."""
+        self.messages.append({"role": "user", "content": text})
+        ids = self.render(self.messages)
+        # Always feed at least one token: its logits give the first answer token.
+        keep = min(common_prefix(self.cached, ids), len(ids) - 1)
+        trim_cache(self.cache, keep)
+        self.cached = ids[:keep]
+        turn = TurnStats(self.medusa, self.tree.name, prompt_tokens=len(ids) - keep, cached_tokens=keep)
+        context = self.model.context_length
+        if context is not None and len(ids) + 1 >= context:
+            self.messages.pop()
+            turn.finish_reason = "context"
+            return turn
+        generated: list[int] = []
+        try:
+            if on_start is not None:
+                on_start(turn)
+            self._decode(ids[keep:], turn, generated, on_step)
+        except KeyboardInterrupt:
+            turn.finish_reason = "interrupted"
+        except ContextLengthError:
+            turn.finish_reason = "context"
+        # Whatever happened, the cache now holds at least what we recorded;
+        # cut it back to exactly that (the last emitted token is never in it).
+        self.cached = ids + generated[:-1] if generated else ids[:keep]
+        trim_cache(self.cache, len(self.cached))
+        if generated:
+            self.messages.append({"role": "assistant", "content": turn.text})
+        else:
+            self.messages.pop()  # nothing was said: the turn did not happen
+        self.stats.add(turn)
+        return turn
+
+    def _decode(self, prompt, turn, generated, on_step) -> None:
+        detok = self.tokenizer.detokenizer
+        detok.reset()
+        first = None
+        budget = self.max_tokens
+        context = self.model.context_length
+        if context is not None:
+            budget = min(budget, context - len(self.cached) - len(prompt) - 1)
+        steps = self._medusa_steps(prompt) if self.medusa else self._plain_steps(prompt, budget)
+        try:
+            with closing(steps):
+                for tokens, accepted in steps:
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                    else:
+                        turn.accepted.append(accepted)
+                        turn.decode_tokens += len(tokens)
+                        turn.decode_seconds = now - first
+                    generated.extend(tokens)
+                    for t in tokens:
+                        if t not in self.eos:
+                            detok.add_token(t)
+                    turn.tokens = len(generated)
+                    text = detok.last_segment
+                    turn.text += text
+                    if on_step is not None:
+                        on_step(StepEvent(text, tokens, accepted, turn))
+        finally:
+            # Also after Ctrl-C: the recorded answer must hold all its text.
+            detok.finalize()
+            tail = detok.last_segment
+            turn.text += tail
+        if generated and generated[-1] in self.eos:
+            turn.finish_reason = "stop"
+        elif len(generated) >= self.max_tokens:
+            turn.finish_reason = "length"
+        else:
+            turn.finish_reason = "context"
+        if tail and on_step is not None:
+            on_step(StepEvent(tail, [], 0, turn))
+
+    def _medusa_steps(self, prompt: list[int]) -> Iterator[tuple[list[int], int]]:
+        for step in medusa_generate_step(
+            prompt,
+            self.model,
+            max_tokens=self.max_tokens,
+            tree=self.tree,
+            prompt_cache=self.cache,
+            eos_token_ids=self.eos,
+            acceptor=self.acceptor,
+        ):
+            yield step.tokens, step.accepted
+
+    def _plain_steps(self, prompt: list[int], budget: int) -> Iterator[tuple[list[int], int]]:
+        """Plain mlx-lm decoding on the same cache (the backbone alone)."""
+        if budget <= 0:
+            return
+        steps = generate_step(
+            mx.array(prompt),
+            self.model.backbone,
+            max_tokens=budget,
+            prompt_cache=self.cache,
+            sampler=self.sampler,
+        )
+        with closing(steps):
+            for token, _ in steps:
+                yield [int(token)], 0
+                if token in self.eos:
+                    return
+
+    def calibrate(self, n: int = 32) -> float:
+        """Plain decoding speed (tokens/s) on a scratch cache, so that the
+        speed-up can be shown before any /medusa off turn."""
+        prompt = self.render([{"role": "user", "content": "Tell me a story."}])
+        cache = self.model.make_cache()
+        first = None
+        count = 0
+        steps = generate_step(
+            mx.array(prompt), self.model.backbone, max_tokens=n, prompt_cache=cache, sampler=self.sampler
+        )
+        for _ in steps:
+            if first is None:
+                first = time.perf_counter()
+            else:
+                count += 1
+        seconds = time.perf_counter() - first
+        self.stats.add_plain(count, seconds)
+        return count / max(seconds, 1e-9)
+
+    # --------------------------------------------------------------- commands
+
+    def command(self, line: str) -> CommandResult:
+        name, _, arg = line.strip().partition(" ")
+        arg = arg.strip()
+        if name in ("/quit", "/exit"):
+            return CommandResult(quit=True)
+        if name == "/help":
+            return CommandResult(HELP.format(trees=", ".join(PRESETS)))
+        if name == "/stats":
+            return CommandResult(self.stats.report(self.tree.depth))
+        if name == "/reset":
+            self.reset()
+            return CommandResult("conversation cleared")
+        if name == "/tree":
+            return self._set_tree(arg)
+        if name == "/medusa":
+            if arg not in ("on", "off"):
+                return CommandResult("usage: /medusa on|off", error=True)
+            self.medusa = arg == "on"
+            return CommandResult(f"Medusa {'on' if self.medusa else 'off (plain mlx-lm decoding)'}")
+        if name == "/calibrate":
+            return CommandResult(f"plain decoding: {self.calibrate():.1f} tok/s")
+        return CommandResult(f"unknown command {name}; /help lists them", error=True)
+
+    def _set_tree(self, name: str) -> CommandResult:
+        if not name:
+            return CommandResult(f"tree {self.tree.name}; presets: {', '.join(PRESETS)}")
+        try:
+            self.tree = resolve_tree(name, self.model.num_heads)
+        except ValueError as e:
+            return CommandResult(str(e), error=True)
+        return CommandResult(f"tree {self.tree.name}: {self.tree.size} nodes, depth {self.tree.depth}")
+
+
+@dataclass
+class Loaded:
+    session: ChatSession
+    model_name: str
+    heads: str  # where the heads come from, for the header
+    untrained: bool
+
+
+def load_session(args) -> Loaded:
+    """Load model and heads for ``args`` (see :func:`configure_parser`)."""
+    import warnings
+
+    from .load import load
+
+    # load() warns when it falls back to untrained heads; the chat header
+    # says so in plain words instead of a Python warning.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, tokenizer = load(args.model, args.medusa)
+    untrained = False
+    for w in caught:
+        if "untrained heads" in str(w.message):
+            untrained = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if args.medusa:
+        heads = args.medusa
+    elif untrained:
+        heads = f"untrained (random) x{model.num_heads}"
+    else:
+        heads = f"shipped with medusa-mlx ({model.num_heads} heads)"
+    session = ChatSession(
+        model,
+        tokenizer,
+        system=args.system,
+        max_tokens=args.max_tokens,
+        tree=args.tree,
+        medusa=not args.no_medusa,
+        temp=args.temp,
+        top_p=args.top_p,
+        seed=args.seed,
+        accept=args.accept,
+    )
+    name = args.model or "SmolLM2-135M-Instruct (embedded)"
+    return Loaded(session, name, heads, untrained)
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def configure_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="chat.py",
+        description="Chat in the terminal with Medusa speculative decoding; a live line "
+        "shows how many tokens each step accepted and the speed. Greedy: answers are "
+        "exactly what plain decoding would say, only faster.",
+        epilog="examples:\n"
+        "  python chat.py\n"
+        "  echo 'What is the capital of France?' | python chat.py --max-tokens 40\n"
+        "  python chat.py --model mlx-community/Qwen2.5-0.5B-Instruct-bf16 --medusa ./my-heads",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", default=None, help="mlx-lm folder, hub id, .gguf or llama2.c .bin (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: heads shipped for the model)")
+    parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
+    parser.add_argument("--tree", default="tree-16", help=f"candidate tree: {', '.join(PRESETS)} (default tree-16)")
+    parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy, token-identical to plain decoding)")
+    parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling threshold (0: off)")
+    parser.add_argument("--accept", default="lossless", choices=["lossless", "typical"], help="how Medusa accepts sampled tokens: lossless (same distribution as plain sampling, default) or typical (faster, not exact)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    parser.add_argument("--no-medusa", action="store_true", help="plain mlx-lm decoding (same display), to compare")
+    parser.add_argument("--calibrate", action="store_true", help="measure plain decoding speed at start, so the speed-up shows at once")
+    return parser
+
+
+def main(argv=None) -> None:
+    from .cli import run_cli
+
+    run_cli(lambda: _main(argv))
+
+
+def _main(argv) -> int:
+    from . import chat_ui
+
+    args = configure_parser().parse_args(argv)
+    if args.max_tokens < 1:
+        raise ValueError("--max-tokens must be at least 1")
+    return chat_ui.run(args)
