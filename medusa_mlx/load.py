@@ -101,5 +101,6 @@ def load(
             "python -m medusa_mlx.train)",
             stacklevel=2,
         )
-        return attach_heads(backbone, num_heads=num_heads), tokenizer
+        # Shared projection: untrained heads gain nothing from their own (large) lm_head.
+        return attach_heads(backbone, num_heads=num_heads, shared_lm_head=True), tokenizer
     return wrap(backbone, load_heads(heads_path)), tokenizer
