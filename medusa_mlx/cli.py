@@ -3,6 +3,8 @@
 import sys
 from typing import Callable
 
+from .distributed import DistributedError
+
 
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main``; a user error (bad path, unsupported model, overlong prompt)
@@ -12,7 +14,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         code = 130
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except (FileNotFoundError, ValueError, OSError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1
     sys.exit(code or 0)

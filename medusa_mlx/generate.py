@@ -7,6 +7,7 @@ last one emitted (the tree root), exactly as in plain decoding.
 """
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable, Optional, Sequence, Union
 
@@ -77,9 +78,11 @@ def medusa_generate_step(
     eos_token_ids: Iterable[int] = (),
     prefill_step_size: int = 2048,
     profile: bool = False,
+    on_step: Optional[Callable[[MedusaStep], None]] = None,
 ) -> Generator[MedusaStep, None, None]:
     """Yield one MedusaStep per decoding step; at most ``max_tokens`` tokens in
-    all, stopping right after the first EOS token."""
+    all, stopping right after the first EOS token. ``on_step`` sees each step
+    before it is yielded (the distributed run checks the ranks agree there)."""
     tree = resolve_tree(tree, model.num_heads)
     acceptor = acceptor or GreedyAcceptor()
     prompt = mx.array(prompt) if not isinstance(prompt, mx.array) else prompt
@@ -101,7 +104,10 @@ def medusa_generate_step(
     last_hidden = hidden[0, -1]
     history = list(prompt.tolist()) + [root]
     emitted = 1
-    yield MedusaStep([root], 0, 0, StepTimings(total=time.perf_counter() - tic))
+    step = MedusaStep([root], 0, 0, StepTimings(total=time.perf_counter() - tic))
+    if on_step is not None:
+        on_step(step)
+    yield step
 
     mask = mx.array(tree.mask)
     depths = mx.array(tree.depths)
@@ -146,7 +152,10 @@ def medusa_generate_step(
             mx.eval(last_hidden, [(c.keys, c.values) for c in cache])
             timings.accept = time.perf_counter() - tic - timings.heads - timings.verify
         timings.total = time.perf_counter() - tic
-        yield MedusaStep(tokens, result.accepted, tree.size, timings)
+        step = MedusaStep(tokens, result.accepted, tree.size, timings)
+        if on_step is not None:
+            on_step(step)
+        yield step
 
 
 def _path_tokens(candidates: mx.array, nodes: list[int]) -> list[int]:
@@ -301,6 +310,12 @@ def configure_parser():
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--min-p", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=None)
+    dist = parser.add_argument_group(
+        "distributed (under mlx.launch: mlx.launch --backend ring -n 2 -- python -m medusa_mlx.generate ...)"
+    )
+    dist.add_argument("--shard", action="store_true", help="require a sharded run (automatic when mlx.launch starts more than one rank)")
+    dist.add_argument("--step-timeout", type=float, default=300.0, help="abort a rank when no step completes in this many seconds, e.g. a peer hung (0: wait forever)")
+    dist.add_argument("--check-every", type=int, default=16, help="check every N steps that all ranks emitted the same tokens")
     return parser
 
 
@@ -315,7 +330,16 @@ def _main():
     from .sampling import make_acceptor
 
     args = configure_parser().parse_args()
-    model, tokenizer = load(args.model, args.medusa)
+    group = _distributed_group(args)  # None: a plain single-process run
+    with warnings.catch_warnings():
+        if group is not None and group.rank() != 0:
+            warnings.simplefilter("ignore")  # rank 0 speaks for every rank
+        model, tokenizer = load(args.model, args.medusa)
+    if group is not None:
+        from .distributed import agree_seed, shard_model
+
+        model = shard_model(model, group)
+        args.seed = agree_seed(args.seed, group)
     if args.prompt is None:
         prompt = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else tokenizer.encode("")
     elif tokenizer.chat_template and not args.no_chat_template:
@@ -327,9 +351,30 @@ def _main():
     acceptor = make_acceptor(
         accept, temp=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, seed=args.seed
     )
-    generate(
-        model, tokenizer, prompt, verbose=True, max_tokens=args.max_tokens, tree=args.tree, acceptor=acceptor
-    )
+    kwargs = dict(max_tokens=args.max_tokens, tree=args.tree, acceptor=acceptor)
+    if group is None:
+        generate(model, tokenizer, prompt, verbose=True, **kwargs)
+        return
+    from .distributed import lockstep
+
+    with lockstep(group, args.check_every, args.step_timeout) as on_step:
+        generate(model, tokenizer, prompt, verbose=group.rank() == 0, on_step=on_step, **kwargs)
+
+
+def _distributed_group(args):
+    """The group to shard over when launched with several ranks, else None (a
+    single-process run touches no distributed machinery)."""
+    from . import distributed
+
+    group = distributed.init_group() if distributed.launched() else None
+    if group is not None and group.size() > 1:
+        return group
+    if args.shard:
+        raise distributed.DistributedError(
+            "--shard needs several ranks: start them with "
+            "mlx.launch --backend ring -n 2 -- python -m medusa_mlx.generate ..."
+        )
+    return None
 
 
 if __name__ == "__main__":
