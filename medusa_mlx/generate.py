@@ -15,7 +15,7 @@ import mlx.core as mx
 from .accept import GreedyAcceptor
 from .attention import compact, tree_attention
 from .model import MedusaModel
-from .tree import Tree, TreeSpec, resolve_tree
+from .tree import Tree, TreeSpec, auto_tree, resolve_tree
 
 # proposer(hidden (H,), history: prompt + tokens so far) -> token ids of shape
 # (>= depth, >= topk): row d holds head d's guesses, best first.
@@ -80,6 +80,8 @@ def medusa_generate_step(
 ) -> Generator[MedusaStep, None, None]:
     """Yield one MedusaStep per decoding step; at most ``max_tokens`` tokens in
     all, stopping right after the first EOS token."""
+    if isinstance(tree, str) and tree == "auto":
+        tree = auto_tree(model)
     tree = resolve_tree(tree, model.num_heads)
     acceptor = acceptor or GreedyAcceptor()
     prompt = mx.array(prompt) if not isinstance(prompt, mx.array) else prompt
