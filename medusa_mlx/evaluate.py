@@ -85,6 +85,7 @@ def configure_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True,
                    help="the training data files: their held-out split gives the prompts")
     p.add_argument("--held-out", type=float, default=0.1)
+    p.add_argument("--max-records", type=int, default=None)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-prompts", type=int, default=16)
@@ -103,7 +104,8 @@ def main(argv=None):
     args = configure_parser().parse_args(argv)
     backbone, tokenizer = load_backbone(args.model)
     model = wrap(backbone, load_heads(args.heads))
-    _, held = split_records(read_records(args.data), args.held_out, args.seed)
+    records = read_records(args.data)[: args.max_records]
+    _, held = split_records(records, args.held_out, args.seed)
     prompts = [prompt_ids(tokenizer, r, args.prompt_tokens) for r in held[: args.num_prompts]]
     eos = list(tokenizer.eos_token_ids)
     results = {"heads": args.heads, "prompts": len(prompts), "max_tokens": args.max_tokens,

@@ -45,6 +45,10 @@ class TrainConfig:
     decay: float = 0.8  # head k's loss weight is decay**k
     checkpoint_every: int = 200
     seed: int = 0
+    # "observed": with a shared lm_head, normalise the loss over the tokens that
+    # occur as labels only (a few thousand of SmolLM2's 49152): ~10x cheaper steps
+    # on a CPU; evaluation still uses the whole vocabulary.
+    loss_vocab: str = "full"
 
 
 # ---------------------------------------------------------------------------
@@ -164,6 +168,8 @@ def train(heads: MedusaHeads, lm_head: Callable, data: Features, config: TrainCo
     loss_and_grad = nn.value_and_grad(heads, lambda h, x, y: medusa_loss(h, lm_head, x, y,
                                                                          config.decay))
     hidden_all, labels_all = data.hidden, data.labels[:, :K]
+    if config.loss_vocab == "observed":
+        lm_head, labels_all = restrict_vocab(lm_head, labels_all, heads.args)
     history = []
     with _progress(show_progress, config.steps, start) as advance:
         for step in range(start, config.steps):
@@ -191,6 +197,20 @@ def train(heads: MedusaHeads, lm_head: Callable, data: Features, config: TrainCo
             if out_dir is not None and (step + 1) % config.checkpoint_every == 0:
                 save_checkpoint(out_dir, heads, optimizer, step + 1)
     return history
+
+
+def restrict_vocab(lm_head: Callable, labels: np.ndarray, args: HeadsArgs):
+    """A projection onto the label tokens only, and labels renumbered to match."""
+    if not args.shared_lm_head:
+        raise ValueError("loss_vocab='observed' needs shared_lm_head (own projections "
+                         "would only be trained on part of their rows)")
+    observed = np.unique(labels[labels != IGNORE])
+    weight = lm_head_weight(lm_head, args.hidden_size)[mx.array(observed)]
+    mx.eval(weight)
+    renumber = np.full(args.vocab_size, IGNORE, dtype=np.int32)
+    renumber[observed] = np.arange(len(observed), dtype=np.int32)
+    relabelled = np.where(labels == IGNORE, IGNORE, renumber[np.maximum(labels, 0)])
+    return (lambda x: x @ weight.T), relabelled
 
 
 def _tree_add(a, b):
@@ -221,6 +241,8 @@ class _progress:
         self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(),
                             TextColumn("{task.description}"))
+        # Redirected to a file, a live bar shows nothing until the end: log lines instead.
+        self.log_every = 0 if self.bar.console.is_terminal else max(self.total // 20, 1)
         self.bar.__enter__()
         self.task = self.bar.add_task("", total=self.total, completed=self.start)
         return self._advance
@@ -231,6 +253,9 @@ class _progress:
         acc = np.mean([r.accuracy for r in self.recent], axis=0)
         text = f"loss {loss:.3f}  top-1 " + " ".join(f"{a:.2f}" for a in acc)
         self.bar.update(self.task, advance=1, description=text)
+        if self.log_every and log.step % self.log_every == 0:
+            self.bar.console.print(f"step {log.step}/{self.total}  lr {log.learning_rate:.2e}  "
+                                   + text)
 
     def __exit__(self, *exc):
         if self.enabled:
@@ -264,6 +289,8 @@ def configure_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--shared-lm-head", action="store_true",
                    help="reuse the base lm_head (Medusa v2 style, small files)")
+    p.add_argument("--loss-vocab", default="full", choices=["full", "observed"],
+                   help="observed: softmax over label tokens only (needs --shared-lm-head)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -307,7 +334,8 @@ def main(argv=None):
                          batch_size=args.batch_size, grad_accum=args.grad_accum,
                          learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
                          weight_decay=args.weight_decay,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed)
+                         checkpoint_every=args.checkpoint_every, seed=args.seed,
+                         loss_vocab=args.loss_vocab)
     hidden_size = dataset.train.hidden.shape[1]
     vocab = lm_head(mx.zeros((1, hidden_size))).shape[-1]
     heads = fresh_heads(lm_head, hidden_size, vocab, config)
