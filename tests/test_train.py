@@ -177,3 +177,16 @@ def test_tree_choice_from_measured_acceptance_and_cost():
     steep = CostModel(1.0, {1: 1.0, 2: 1.0, 100: 50.0}, {1: 0.0, 2: 0.0})
     assert len(choose_tree(rank, flat, max_nodes=8).paths) >= 3
     assert choose_tree(rank, steep, max_nodes=8).paths == [[0]]
+
+
+def test_observed_vocab_loss_trains_shared_heads(backbone, features):
+    """The cheap loss (softmax over label tokens only) still lowers the full-vocab loss."""
+    _, lm_head = split_backbone(backbone)
+    config = TrainConfig(num_heads=2, shared_lm_head=True, steps=30, batch_size=64,
+                         learning_rate=3e-3, warmup_steps=3, loss_vocab="observed")
+    heads = fresh_heads(lm_head, 64, 128, config)
+    x, y = mx.array(features.hidden).astype(mx.float32), mx.array(features.labels[:, :2])
+    before, _ = medusa_loss(heads, lm_head, x, y)
+    train(heads, lm_head, features, config, show_progress=False)
+    after, _ = medusa_loss(heads, lm_head, x, y)
+    assert after.item() < before.item()
