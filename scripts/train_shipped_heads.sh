@@ -21,6 +21,6 @@ if [[ $which == all || $which == smollm2 ]]; then
   python -m medusa_mlx.train --model smollm2 --data data/chat_prompts.jsonl \
     --max-new-tokens 96 --held-out 0.1 --gen-batch-size 64 \
     --num-heads 3 --num-layers 1 --shared-lm-head --loss-vocab observed --steps 600 --batch-size 128 \
-    --learning-rate 2e-3 --warmup-steps 20 --checkpoint-every 200 --seed 0 \
+    --learning-rate 5e-4 --warmup-steps 20 --checkpoint-every 200 --seed 0 \
     --cache-dir "$CACHE" --out medusa_mlx/heads/smollm2-135m-instruct
 fi
