@@ -16,7 +16,7 @@ import mlx.core as mx
 from .accept import GreedyAcceptor
 from .attention import compact, tree_attention
 from .model import MedusaModel
-from .tree import Tree, TreeSpec, resolve_tree
+from .tree import Tree, TreeSpec, auto_tree, resolve_tree
 
 # proposer(hidden (H,), history: prompt + tokens so far) -> token ids of shape
 # (>= depth, >= topk): row d holds head d's guesses, best first.
@@ -82,7 +82,10 @@ def medusa_generate_step(
 ) -> Generator[MedusaStep, None, None]:
     """Yield one MedusaStep per decoding step; at most ``max_tokens`` tokens in
     all, stopping right after the first EOS token. ``on_step`` sees each step
-    before it is yielded (the distributed run checks the ranks agree there)."""
+    before it is yielded (the distributed run checks the ranks agree there).
+    ``tree="auto"`` uses the tree saved with the heads (see ``tree.auto_tree``)."""
+    if isinstance(tree, str) and tree == "auto":
+        tree = auto_tree(model)
     tree = resolve_tree(tree, model.num_heads)
     acceptor = acceptor or GreedyAcceptor()
     prompt = mx.array(prompt) if not isinstance(prompt, mx.array) else prompt

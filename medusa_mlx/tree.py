@@ -121,6 +121,11 @@ def resolve_tree(tree: TreeSpec, num_heads: int) -> Tree:
     if isinstance(tree, Tree):
         built = tree
     elif isinstance(tree, str):
+        if tree == "auto":
+            raise ValueError(
+                "tree='auto' is read from the heads' config: resolve it with "
+                "auto_tree(model) (medusa_generate_step does this for you)"
+            )
         if tree not in PRESETS:
             names = ", ".join(PRESETS)
             raise ValueError(f"unknown tree preset {tree!r}; choose one of: {names}")
@@ -131,3 +136,16 @@ def resolve_tree(tree: TreeSpec, num_heads: int) -> Tree:
         return built
     kept = [p for p in built.paths[1:] if len(p) <= num_heads]
     return build_tree(kept, name=f"{built.name}[depth<={num_heads}]")
+
+
+# Small trees win where verifying many tokens is expensive (CPUs); heads trained
+# by medusa_mlx.train store the tree measured for them instead.
+AUTO_FALLBACK = "tree-8"
+
+
+def auto_tree(model) -> Union[str, list]:
+    """The tree stored in the heads' config.json (key ``"tree"``), else ``AUTO_FALLBACK``."""
+    heads = getattr(model, "heads", None)
+    extra = getattr(getattr(heads, "args", None), "extra", None) or {}
+    paths = extra.get("tree")
+    return [tuple(p) for p in paths] if paths else AUTO_FALLBACK

@@ -1,0 +1,125 @@
+"""How good are trained heads? Held-out head accuracy and real decoding acceptance.
+
+    python -m medusa_mlx.evaluate --model smollm2 --heads medusa_mlx/heads/smollm2-135m-instruct \\
+        --data data/chat_prompts.jsonl --trees chain-1 tree-8 auto
+
+- ``head_accuracy``: per-head top-1 / top-5 and per-rank accuracy (P(head k's
+  rank-i token is the target)) on cached held-out features.
+- ``mean_accepted_length``: tokens emitted per Medusa decoding step (accepted
+  head tokens + the bonus token; the prefill step excluded) when greedily
+  decoding held-out prompts with a given tree.
+"""
+
+import argparse
+import json
+import time
+from typing import Callable
+
+import mlx.core as mx
+import numpy as np
+
+from .heads import MedusaHeads
+from .train_data import IGNORE, Features
+
+RANKS = 10
+
+
+def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int = RANKS,
+               batch_size: int = 512) -> np.ndarray:
+    """(K, N) rank of the label among each head's logits, ``ranks`` if not in the
+    top ``ranks`` (or no label)."""
+    K = heads.num_heads
+    out = np.full((K, len(data)), ranks, dtype=np.int32)
+    for b in range(0, len(data), batch_size):
+        x = mx.array(data.hidden[b : b + batch_size]).astype(mx.float32)
+        logits = heads(x, lm_head)  # (K, B, V)
+        top = mx.argsort(-logits, axis=-1)[..., :ranks]
+        labels = mx.array(data.labels[b : b + batch_size, :K].T)[..., None]
+        hit = top == labels
+        rank = mx.where(hit.any(axis=-1), mx.argmax(hit, axis=-1), ranks)
+        out[:, b : b + batch_size] = np.array(rank)
+    valid = data.labels[:, :K].T != IGNORE
+    out[~valid] = ranks
+    return out
+
+
+def head_accuracy(heads: MedusaHeads, lm_head: Callable, data: Features,
+                  ranks: int = RANKS) -> dict:
+    """Per head: top-1, top-5 and per-rank accuracy on positions with a label."""
+    rank = head_ranks(heads, lm_head, data, ranks)
+    valid = (data.labels[:, : heads.num_heads].T != IGNORE)
+    n = np.maximum(valid.sum(axis=1), 1)
+    per_rank = [[float(((rank[k] == i) & valid[k]).sum() / n[k]) for i in range(ranks)]
+                for k in range(heads.num_heads)]
+    return {
+        "top1": [round(float(((rank[k] < 1) & valid[k]).sum() / n[k]), 4)
+                 for k in range(len(n))],
+        "top5": [round(float(((rank[k] < 5) & valid[k]).sum() / n[k]), 4)
+                 for k in range(len(n))],
+        "per_rank": [[round(p, 4) for p in row] for row in per_rank],
+        "positions": int(valid[0].sum()),
+    }
+
+
+def mean_accepted_length(model, prompts: list, tree, max_tokens: int, eos_ids=()) -> dict:
+    """Greedy Medusa decoding of every prompt; tokens per decoding step, bonus included."""
+    from .generate import medusa_generate_step
+
+    tokens = steps = 0
+    tic = time.perf_counter()
+    for prompt in prompts:
+        for i, step in enumerate(medusa_generate_step(prompt, model, max_tokens=max_tokens,
+                                                      tree=tree, eos_token_ids=eos_ids)):
+            if i > 0:  # the prefill step emits one token without the heads
+                tokens += len(step.tokens)
+                steps += 1
+    seconds = time.perf_counter() - tic
+    return {"mean_accepted_length": tokens / max(steps, 1), "tokens": tokens, "steps": steps,
+            "seconds": round(seconds, 2)}
+
+
+def configure_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Mean accepted length of trained Medusa heads.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--heads", required=True)
+    p.add_argument("--data", nargs="+", required=True,
+                   help="the training data files: their held-out split gives the prompts")
+    p.add_argument("--held-out", type=float, default=0.1)
+    p.add_argument("--max-records", type=int, default=None)
+    p.add_argument("--prompt-tokens", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--trees", nargs="+", default=["chain-1", "chain-3", "tree-8", "tree-16",
+                                                  "tree-32", "auto"])
+    p.add_argument("--output", default=None, help="write the figures as JSON here")
+    return p
+
+
+def main(argv=None):
+    from .heads import load_heads
+    from .model import wrap
+    from .train_data import load_backbone, prompt_ids, read_records, split_records
+
+    args = configure_parser().parse_args(argv)
+    backbone, tokenizer = load_backbone(args.model)
+    model = wrap(backbone, load_heads(args.heads))
+    records = read_records(args.data)[: args.max_records]
+    _, held = split_records(records, args.held_out, args.seed)
+    prompts = [prompt_ids(tokenizer, r, args.prompt_tokens) for r in held[: args.num_prompts]]
+    eos = list(tokenizer.eos_token_ids)
+    results = {"heads": args.heads, "prompts": len(prompts), "max_tokens": args.max_tokens,
+               "held_out_accuracy": model.heads.args.extra.get("held_out_accuracy"),
+               "trees": {}}
+    for tree in args.trees:
+        r = mean_accepted_length(model, prompts, tree, args.max_tokens, eos)
+        results["trees"][tree] = r
+        print(f"{tree:>10}: {r['mean_accepted_length']:.2f} tokens/step "
+              f"({r['tokens']} tokens, {r['steps']} steps, {r['seconds']:.1f} s)", flush=True)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""Train Medusa heads on a frozen MLX backbone (Medusa-1 recipe, self-distillation).
+
+    python -m medusa_mlx.train --model stories260K.bin --data tinystories_val.txt \\
+        --out heads/stories260K
+
+Head k's loss is the cross-entropy against the base model's own next tokens
+shifted by 2+k (see ``train_data``), weighted by ``decay**k`` (Medusa uses 0.8).
+Blocks start at zero and projections at the base lm_head, so at step 0 every
+head predicts exactly what the base model predicts for the next token.
+Training runs on cached hidden states: the backbone never runs in the loop.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .heads import HeadsArgs, MedusaHeads, init_heads, load_heads, save_heads
+from .train_data import IGNORE, MAX_LABEL_HEADS, DataConfig, Features
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainConfig:
+    num_heads: int = 4
+    num_layers: int = 1
+    shared_lm_head: bool = False
+    steps: int = 1000  # optimizer updates
+    batch_size: int = 256  # positions per micro-batch
+    grad_accum: int = 1  # micro-batches per update
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    decay: float = 0.8  # head k's loss weight is decay**k
+    checkpoint_every: int = 200
+    seed: int = 0
+    # "observed": with a shared lm_head, normalise the loss over the tokens that
+    # occur as labels only (a few thousand of SmolLM2's 49152): ~10x cheaper steps
+    # on a CPU; evaluation still uses the whole vocabulary.
+    loss_vocab: str = "full"
+
+
+# ---------------------------------------------------------------------------
+# loss
+
+
+def medusa_loss(heads: MedusaHeads, lm_head: Callable, hidden: mx.array, labels: mx.array,
+                decay: float = 0.8):
+    """hidden (B, H), labels (B, K) with IGNORE where no target ->
+    (sum_k decay**k * mean CE_k, per-head top-1 correct counts, per-head counts)."""
+    logits = heads(hidden, lm_head)  # (K, B, V)
+    total = mx.array(0.0)
+    correct, counts = [], []
+    for k in range(logits.shape[0]):
+        valid = labels[:, k] != IGNORE
+        target = mx.where(valid, labels[:, k], 0)
+        ce = nn.losses.cross_entropy(logits[k], target) * valid
+        count = valid.sum()
+        total = total + (decay**k) * ce.sum() / mx.maximum(count, 1)
+        correct.append(((mx.argmax(logits[k], axis=-1) == target) * valid).sum())
+        counts.append(count)
+    return total, (mx.stack(correct), mx.stack(counts))
+
+
+def lm_head_weight(lm_head: Callable, hidden_size: int) -> mx.array:
+    """(V, H) matrix of any projection, quantized or tied: lm_head(I) = W^T."""
+    return lm_head(mx.eye(hidden_size)).T
+
+
+def fresh_heads(lm_head: Callable, hidden_size: int, vocab_size: int,
+                config: TrainConfig) -> MedusaHeads:
+    """Medusa's training init: zero blocks; own projections start as the base lm_head."""
+    args = HeadsArgs(hidden_size, vocab_size, config.num_heads, config.num_layers,
+                     config.shared_lm_head)
+    weight = None if config.shared_lm_head else lm_head_weight(lm_head, hidden_size)
+    return init_heads(args, seed=config.seed, zero_blocks=True, lm_head_weight=weight)
+
+
+# ---------------------------------------------------------------------------
+# batches
+
+
+def micro_batch(n: int, batch_size: int, seed: int, index: int) -> np.ndarray:
+    """Positions of micro-batch ``index``: a seeded permutation per epoch, so any
+    step's batch is known without replaying earlier ones (exact resume)."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, j = divmod(index, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[j * batch_size : (j + 1) * batch_size]
+
+
+def make_optimizer(config: TrainConfig) -> optim.Optimizer:
+    warmup = min(config.warmup_steps, config.steps)
+    cosine = optim.cosine_decay(config.learning_rate, max(config.steps - warmup, 1),
+                                end=config.learning_rate * 0.01)
+    if warmup > 0:
+        schedule = optim.join_schedules(
+            [optim.linear_schedule(0.0, config.learning_rate, warmup), cosine], [warmup])
+    else:
+        schedule = cosine
+    return optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+
+
+# ---------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(out_dir: Path, heads: MedusaHeads, optimizer, step: int) -> Path:
+    path = Path(out_dir) / CHECKPOINTS / f"step-{step:06d}"
+    save_heads(path, heads)
+    mx.save_safetensors(str(path / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+    (path / "trainer.json").write_text(json.dumps({"step": step}) + "\n")
+    return path
+
+
+def latest_checkpoint(out_dir: Path) -> Optional[Path]:
+    found = sorted((Path(out_dir) / CHECKPOINTS).glob("step-*"))
+    found = [p for p in found if (p / "trainer.json").exists()]
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, heads: MedusaHeads, optimizer) -> int:
+    """Restore heads and optimizer state in place; return the step reached."""
+    saved = load_heads(path)
+    heads.update(saved.parameters())
+    optimizer.init(heads.trainable_parameters())
+    state = mx.load(str(path / "optimizer.safetensors"))
+    optimizer.state = tree_unflatten(list(state.items()))
+    mx.eval(heads.parameters(), optimizer.state)
+    return json.loads((path / "trainer.json").read_text())["step"]
+
+
+# ---------------------------------------------------------------------------
+# loop
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    accuracy: list  # per-head top-1 on the step's batches
+    learning_rate: float
+
+
+def train(heads: MedusaHeads, lm_head: Callable, data: Features, config: TrainConfig,
+          out_dir=None, resume: bool = False, show_progress: bool = True) -> list:
+    """Optimise ``heads`` in place; return one StepLog per update."""
+    out_dir = Path(out_dir) if out_dir is not None else None
+    K = heads.num_heads
+    if K > MAX_LABEL_HEADS:
+        raise ValueError(f"at most {MAX_LABEL_HEADS} heads can be trained")
+    optimizer = make_optimizer(config)
+    optimizer.init(heads.trainable_parameters())
+    start = 0
+    if resume and out_dir is not None and (ckpt := latest_checkpoint(out_dir)):
+        start = load_checkpoint(ckpt, heads, optimizer)
+    loss_and_grad = nn.value_and_grad(heads, lambda h, x, y: medusa_loss(h, lm_head, x, y,
+                                                                         config.decay))
+    hidden_all, labels_all = data.hidden, data.labels[:, :K]
+    if config.loss_vocab == "observed":
+        lm_head, labels_all = restrict_vocab(lm_head, labels_all, heads.args)
+    history = []
+    with _progress(show_progress, config.steps, start) as advance:
+        for step in range(start, config.steps):
+            grads = None
+            loss_sum, correct, counts = 0.0, 0, 0
+            for a in range(config.grad_accum):
+                idx = micro_batch(len(data), config.batch_size, config.seed,
+                                  step * config.grad_accum + a)
+                x = mx.array(hidden_all[idx]).astype(mx.float32)
+                y = mx.array(labels_all[idx])
+                (loss, (c, n)), g = loss_and_grad(heads, x, y)
+                grads = g if grads is None else _tree_add(grads, g)
+                mx.eval(loss, c, n, grads)
+                loss_sum += loss.item()
+                correct, counts = correct + np.array(c), counts + np.array(n)
+            if config.grad_accum > 1:
+                grads = _tree_scale(grads, 1.0 / config.grad_accum)
+            lr = optimizer.learning_rate.item()
+            optimizer.update(heads, grads)
+            mx.eval(heads.parameters(), optimizer.state)
+            log = StepLog(step + 1, loss_sum / config.grad_accum,
+                          (correct / np.maximum(counts, 1)).tolist(), lr)
+            history.append(log)
+            advance(log)
+            if out_dir is not None and (step + 1) % config.checkpoint_every == 0:
+                save_checkpoint(out_dir, heads, optimizer, step + 1)
+    return history
+
+
+def restrict_vocab(lm_head: Callable, labels: np.ndarray, args: HeadsArgs):
+    """A projection onto the label tokens only, and labels renumbered to match."""
+    if not args.shared_lm_head:
+        raise ValueError("loss_vocab='observed' needs shared_lm_head (own projections "
+                         "would only be trained on part of their rows)")
+    observed = np.unique(labels[labels != IGNORE])
+    weight = lm_head_weight(lm_head, args.hidden_size)[mx.array(observed)]
+    mx.eval(weight)
+    renumber = np.full(args.vocab_size, IGNORE, dtype=np.int32)
+    renumber[observed] = np.arange(len(observed), dtype=np.int32)
+    relabelled = np.where(labels == IGNORE, IGNORE, renumber[np.maximum(labels, 0)])
+    return (lambda x: x @ weight.T), relabelled
+
+
+def _tree_add(a, b):
+    from mlx.utils import tree_map
+
+    return tree_map(lambda x, y: x + y, a, b)
+
+
+def _tree_scale(a, s):
+    from mlx.utils import tree_map
+
+    return tree_map(lambda x: x * s, a)
+
+
+class _progress:
+    """Rich progress bar showing the running loss and per-head top-1 accuracy."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled, self.total, self.start = enabled, total, start
+        self.recent: list = []
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda log: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.description}"))
+        # Redirected to a file, a live bar shows nothing until the end: log lines instead.
+        self.log_every = 0 if self.bar.console.is_terminal else max(self.total // 20, 1)
+        self.bar.__enter__()
+        self.task = self.bar.add_task("", total=self.total, completed=self.start)
+        return self._advance
+
+    def _advance(self, log: StepLog):
+        self.recent = (self.recent + [log])[-20:]
+        loss = np.mean([r.loss for r in self.recent])
+        acc = np.mean([r.accuracy for r in self.recent], axis=0)
+        text = f"loss {loss:.3f}  top-1 " + " ".join(f"{a:.2f}" for a in acc)
+        self.bar.update(self.task, advance=1, description=text)
+        if self.log_every and log.step % self.log_every == 0:
+            self.bar.console.print(f"step {log.step}/{self.total}  lr {log.learning_rate:.2e}  "
+                                   + text)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+
+def configure_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train Medusa heads on a frozen MLX model.")
+    p.add_argument("--model", required=True,
+                   help="llama2.c .bin, .gguf, 'smollm2', or an mlx-lm model path / hub id")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="plain-text files (documents separated by blank lines) or JSONL "
+                        "of {prompt|messages|text}")
+    p.add_argument("--out", required=True, help="output heads folder")
+    p.add_argument("--mode", default="auto", choices=["auto", "generate", "text"],
+                   help="generate: the base model answers/continues every record; "
+                        "text: teacher forcing on the text itself")
+    p.add_argument("--held-out", type=float, default=0.1)
+    p.add_argument("--prompt-tokens", type=int, default=16,
+                   help="text records: prompt length when generating continuations")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-seq-len", type=int, default=512)
+    p.add_argument("--max-records", type=int, default=None)
+    p.add_argument("--gen-batch-size", type=int, default=32)
+    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "medusa-mlx" / "train"))
+    p.add_argument("--num-heads", type=int, default=4)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--shared-lm-head", action="store_true",
+                   help="reuse the base lm_head (Medusa v2 style, small files)")
+    p.add_argument("--loss-vocab", default="full", choices=["full", "observed"],
+                   help="observed: softmax over label tokens only (needs --shared-lm-head)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tree", default="measure",
+                   help="'measure': choose the tree from held-out acceptance and this "
+                        "machine's verification cost; a preset name; or 'none'")
+    p.add_argument("--max-tree-nodes", type=int, default=64)
+    return p
+
+
+def main(argv=None):
+    from rich.console import Console
+
+    from .model import split_backbone
+    from .train_data import load_backbone, prepare
+    from .tree_search import choose_tree_for
+    from .evaluate import head_accuracy
+
+    args = configure_parser().parse_args(argv)
+    console = Console()
+    tic = time.perf_counter()
+    mx.random.seed(args.seed)
+    backbone, tokenizer = load_backbone(args.model)
+    body, lm_head = split_backbone(backbone)
+    data_config = DataConfig(files=args.data, mode=args.mode, held_out=args.held_out,
+                             prompt_tokens=args.prompt_tokens,
+                             max_new_tokens=args.max_new_tokens, max_seq_len=args.max_seq_len,
+                             max_records=args.max_records, batch_size=args.gen_batch_size,
+                             seed=args.seed)
+    dataset = prepare(backbone, tokenizer, args.model, data_config, args.cache_dir,
+                      log=console.print)
+    data_seconds = time.perf_counter() - tic
+    config = TrainConfig(num_heads=args.num_heads, num_layers=args.num_layers,
+                         shared_lm_head=args.shared_lm_head, steps=args.steps,
+                         batch_size=args.batch_size, grad_accum=args.grad_accum,
+                         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
+                         weight_decay=args.weight_decay,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed,
+                         loss_vocab=args.loss_vocab)
+    hidden_size = dataset.train.hidden.shape[1]
+    vocab = lm_head(mx.zeros((1, hidden_size))).shape[-1]
+    heads = fresh_heads(lm_head, hidden_size, vocab, config)
+    console.print(f"training {config.num_heads} heads x {config.num_layers} layers on "
+                  f"{len(dataset.train)} positions ({args.steps} steps)")
+    tic_train = time.perf_counter()
+    history = train(heads, lm_head, dataset.train, config, out_dir=args.out,
+                    resume=args.resume)
+    train_seconds = time.perf_counter() - tic_train
+
+    accuracy = head_accuracy(heads, lm_head, dataset.held_out)
+    for k, (t1, t5) in enumerate(zip(accuracy["top1"], accuracy["top5"])):
+        console.print(f"held-out head {k}: top-1 {t1:.3f}  top-5 {t5:.3f}")
+    extra = {
+        "base_model": args.model,
+        "training": {
+            "command": "python -m medusa_mlx.train " + shlex.join(argv or sys.argv[1:]),
+            "config": asdict(config),
+            "data": {k: v for k, v in asdict(data_config).items() if k != "batch_size"},
+            "train_positions": len(dataset.train),
+            "data_seconds": round(data_seconds, 1),
+            "train_seconds": round(train_seconds, 1),
+            "final_loss": history[-1].loss if history else None,
+        },
+        "held_out_accuracy": accuracy,
+    }
+    heads.args.extra.update(extra)
+    if args.tree == "measure":
+        from .model import wrap
+
+        choice = choose_tree_for(wrap(backbone, heads), dataset.held_out,
+                                 max_nodes=args.max_tree_nodes)
+        heads.args.extra["tree"] = [list(p) for p in choice.paths]
+        heads.args.extra["tree_choice"] = choice.summary()
+        console.print(f"tree: {len(choice.paths)} nodes, expected {choice.expected_length:.2f} "
+                      f"tokens/step at {choice.relative_cost:.2f}x a plain step "
+                      f"-> {choice.speedup:.2f}x (estimate)")
+    elif args.tree != "none":
+        from .tree import PRESETS
+
+        heads.args.extra["tree"] = [list(p) for p in PRESETS[args.tree]]
+    save_heads(args.out, heads)
+    console.print(f"saved heads to {args.out} ({time.perf_counter() - tic:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

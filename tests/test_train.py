@@ -1,0 +1,192 @@
+"""Medusa head training on a tiny random model (fast)."""
+
+import json
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from tiny_models import tiny_model
+
+from medusa_mlx.generate import medusa_generate_step
+from medusa_mlx.heads import HeadsArgs, init_heads, save_heads
+from medusa_mlx.model import split_backbone, wrap
+from medusa_mlx.train import (
+    TrainConfig,
+    fresh_heads,
+    latest_checkpoint,
+    load_checkpoint,
+    make_optimizer,
+    medusa_loss,
+    train,
+)
+from medusa_mlx.train_data import IGNORE, TokenSequence, compute_features, head_labels
+from medusa_mlx.tree import auto_tree, build_tree, resolve_tree
+from medusa_mlx.tree_search import CostModel, choose_tree, expected_length, grow_tree
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_model("llama", seed=3)
+
+
+@pytest.fixture(scope="module")
+def features(backbone):
+    """Greedy continuations of a few random prompts, as the trainer would build them."""
+    rng = np.random.default_rng(0)
+    body, lm_head = split_backbone(backbone)
+    sequences = []
+    for _ in range(6):
+        tokens = rng.integers(0, 128, 4).tolist()
+        start = len(tokens) - 1
+        for _ in range(40):
+            tokens.append(int(mx.argmax(lm_head(body(mx.array([tokens])))[0, -1])))
+        sequences.append(TokenSequence(tokens, start))
+    return compute_features(backbone, sequences)
+
+
+def test_head_labels_shift_by_two_plus_k():
+    targets = [10, 11, 12, 13, 14, 15]
+    labels = head_labels(targets, start=1, num_heads=3)
+    # Row r is position t = r + 1; head k's target is targets[t + 2 + k].
+    assert labels.tolist() == [
+        [13, 14, 15],
+        [14, 15, IGNORE],
+        [15, IGNORE, IGNORE],
+        [IGNORE, IGNORE, IGNORE],
+        [IGNORE, IGNORE, IGNORE],
+    ]
+
+
+def test_loss_weights_heads_by_decay_and_ignores_missing_labels():
+    """Hand-built: logits are fixed, so each head's CE is known in closed form."""
+    args = HeadsArgs(hidden_size=4, vocab_size=4, num_heads=2, num_layers=1)
+    heads = init_heads(args, zero_blocks=True, lm_head_weight=mx.eye(4))
+    hidden = mx.array([[2.0, 0, 0, 0], [0, 3.0, 0, 0]])  # zero blocks: logits == hidden
+    labels = mx.array([[0, 1], [2, IGNORE]])
+    loss, (correct, counts) = medusa_loss(heads, None, hidden, labels, decay=0.8)
+
+    def ce(row, label):
+        row = np.array(row)
+        return float(np.log(np.exp(row).sum()) - row[label])
+
+    head0 = (ce([2, 0, 0, 0], 0) + ce([0, 3, 0, 0], 2)) / 2
+    head1 = ce([2, 0, 0, 0], 1)  # the second row has no label for head 1
+    assert loss.item() == pytest.approx(head0 + 0.8 * head1, rel=1e-5)
+    assert correct.tolist() == [1, 0] and counts.tolist() == [2, 1]
+
+
+def test_step_zero_heads_equal_base_next_token_logits(backbone):
+    body, lm_head = split_backbone(backbone)
+    hidden = body(mx.array([[1, 5, 9, 2]]))
+    for shared in (False, True):
+        config = TrainConfig(num_heads=3, shared_lm_head=shared)
+        heads = fresh_heads(lm_head, 64, 128, config)
+        logits = heads(hidden, lm_head)
+        for k in range(3):
+            assert mx.allclose(logits[k], lm_head(hidden), atol=1e-5).item()
+
+
+def _params(heads):
+    return {k: np.array(v) for k, v in tree_flatten(heads.parameters())}
+
+
+def test_training_lowers_loss(backbone, features):
+    _, lm_head = split_backbone(backbone)
+    config = TrainConfig(num_heads=2, steps=30, batch_size=64, learning_rate=3e-3,
+                         warmup_steps=3)
+    heads = fresh_heads(lm_head, 64, 128, config)
+    history = train(heads, lm_head, features, config, show_progress=False)
+    assert np.mean([h.loss for h in history[-5:]]) < np.mean([h.loss for h in history[:5]])
+
+
+def test_resume_reproduces_uninterrupted_run(backbone, features, tmp_path):
+    _, lm_head = split_backbone(backbone)
+    config = TrainConfig(num_heads=2, steps=6, batch_size=32, grad_accum=2,
+                         learning_rate=3e-3, warmup_steps=2, checkpoint_every=3, seed=7)
+    full = fresh_heads(lm_head, 64, 128, config)
+    train(full, lm_head, features, config, out_dir=tmp_path / "full", show_progress=False)
+
+    # A run interrupted after step 3: only that checkpoint survives.
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-000003",
+                    resumed_dir / "checkpoints" / "step-000003")
+    resumed = fresh_heads(lm_head, 64, 128, config)
+    history = train(resumed, lm_head, features, config, out_dir=resumed_dir, resume=True,
+                    show_progress=False)
+    assert [h.step for h in history] == [4, 5, 6]
+    a, b = _params(full), _params(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+    opt_full, opt_resumed = make_optimizer(config), make_optimizer(config)
+    load_checkpoint(latest_checkpoint(tmp_path / "full"), fresh_heads(lm_head, 64, 128, config),
+                    opt_full)
+    load_checkpoint(latest_checkpoint(resumed_dir), fresh_heads(lm_head, 64, 128, config),
+                    opt_resumed)
+    assert opt_full.state["step"].item() == opt_resumed.state["step"].item() == 6
+    for (ka, va), (kb, vb) in zip(tree_flatten(opt_full.state), tree_flatten(opt_resumed.state)):
+        assert ka == kb
+        np.testing.assert_array_equal(np.array(va), np.array(vb))
+
+
+def test_same_seed_same_heads(backbone, features):
+    _, lm_head = split_backbone(backbone)
+    config = TrainConfig(num_heads=2, steps=4, batch_size=32, seed=1)
+    runs = []
+    for _ in range(2):
+        heads = fresh_heads(lm_head, 64, 128, config)
+        train(heads, lm_head, features, config, show_progress=False)
+        runs.append(_params(heads))
+    for k in runs[0]:
+        np.testing.assert_array_equal(runs[0][k], runs[1][k])
+
+
+def test_tree_auto_resolves_from_heads_config(backbone, tmp_path):
+    from medusa_mlx.heads import load_heads
+
+    args = HeadsArgs(64, 128, num_heads=3, num_layers=1)
+    heads = init_heads(args)
+    paths = [[0], [1], [0, 0]]
+    save_heads(tmp_path, heads, extra_config={"tree": paths})
+    assert json.loads((tmp_path / "config.json").read_text())["tree"] == paths
+    model = wrap(backbone, load_heads(tmp_path))
+    assert auto_tree(model) == [(0,), (1,), (0, 0)]
+    steps = list(medusa_generate_step([1, 2, 3], model, max_tokens=12, tree="auto"))
+    assert {s.tree_size for s in steps[1:]} == {build_tree(paths).size}
+    with pytest.raises(ValueError, match="auto_tree"):
+        resolve_tree("auto", 3)
+    # Heads without a stored tree fall back to a small preset.
+    assert auto_tree(wrap(backbone, init_heads(args))) == "tree-8"
+
+
+def test_tree_choice_from_measured_acceptance_and_cost():
+    # Head 0 right 60% of the time at rank 0, 20% at rank 1; head 1 right only
+    # when head 0 is right at rank 0 (half of those times).
+    n = 1000
+    rank = np.full((2, n), 10)
+    rank[0, :600] = 0
+    rank[0, 600:800] = 1
+    rank[1, :300] = 0
+    assert expected_length(rank, [(0,), (1,), (0, 0)]) == pytest.approx(1 + 0.6 + 0.2 + 0.3)
+    assert grow_tree(rank, 3) == [(0,), (0, 0), (1,)]
+    # Verification cost flat: the larger tree wins; steep: the chain of one.
+    flat = CostModel(1.0, {1: 1.0, 100: 1.0}, {1: 0.0, 2: 0.0})
+    steep = CostModel(1.0, {1: 1.0, 2: 1.0, 100: 50.0}, {1: 0.0, 2: 0.0})
+    assert len(choose_tree(rank, flat, max_nodes=8).paths) >= 3
+    assert choose_tree(rank, steep, max_nodes=8).paths == [[0]]
+
+
+def test_observed_vocab_loss_trains_shared_heads(backbone, features):
+    """The cheap loss (softmax over label tokens only) still lowers the full-vocab loss."""
+    _, lm_head = split_backbone(backbone)
+    config = TrainConfig(num_heads=2, shared_lm_head=True, steps=30, batch_size=64,
+                         learning_rate=3e-3, warmup_steps=3, loss_vocab="observed")
+    heads = fresh_heads(lm_head, 64, 128, config)
+    x, y = mx.array(features.hidden).astype(mx.float32), mx.array(features.labels[:, :2])
+    before, _ = medusa_loss(heads, lm_head, x, y)
+    train(heads, lm_head, features, config, show_progress=False)
+    after, _ = medusa_loss(heads, lm_head, x, y)
+    assert after.item() < before.item()
