@@ -1,5 +1,7 @@
 """Medusa speculative decoding for MLX."""
 
+import warnings
+
 from . import blas
 
 # Must run before mlx.core is imported anywhere (see blas.py): on Linux it makes
@@ -8,38 +10,38 @@ blas.preload_openblas()
 
 __version__ = "0.1.0"
 
-# Public name -> submodule. Imported on first use (PEP 562) so that
-# ``python -m medusa_mlx.generate`` does not import its own module twice.
-_EXPORTS = {
-    "HeadsArgs": "heads",
-    "MedusaHeads": "heads",
-    "load_heads": "heads",
-    "save_heads": "heads",
-    "MedusaModel": "model",
-    "attach_heads": "model",
-    "MedusaResponse": "generate",
-    "generate": "generate",
-    "medusa_generate_step": "generate",
-    "stream_generate": "generate",
-    "load": "load",
-    "GreedyAcceptor": "accept",
-    "LosslessAcceptor": "sampling",
-    "SamplerSettings": "sampling",
-    "TypicalAcceptor": "sampling",
-    "make_acceptor": "sampling",
-    "PRESETS": "tree",
-    "Tree": "tree",
-    "build_tree": "tree",
-}
+# `python -m medusa_mlx.generate` (and .chat, .bench, ...) runs a module that this
+# package already imported for its public API; runpy warns about that, harmlessly.
+warnings.filterwarnings(
+    "ignore", message=r".*found in sys.modules after import of package 'medusa_mlx'", category=RuntimeWarning
+)
 
-__all__ = sorted(_EXPORTS)
+from .accept import GreedyAcceptor  # noqa: E402
+from .generate import MedusaResponse, generate, medusa_generate_step, stream_generate  # noqa: E402
+from .heads import HeadsArgs, MedusaHeads, load_heads, save_heads  # noqa: E402
+from .load import load  # noqa: E402
+from .model import MedusaModel, attach_heads  # noqa: E402
+from .sampling import LosslessAcceptor, SamplerSettings, TypicalAcceptor, make_acceptor  # noqa: E402
+from .tree import PRESETS, Tree, build_tree  # noqa: E402
 
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'medusa_mlx' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__all__ = [
+    "GreedyAcceptor",
+    "HeadsArgs",
+    "LosslessAcceptor",
+    "MedusaHeads",
+    "MedusaModel",
+    "MedusaResponse",
+    "PRESETS",
+    "SamplerSettings",
+    "Tree",
+    "TypicalAcceptor",
+    "attach_heads",
+    "build_tree",
+    "generate",
+    "load",
+    "load_heads",
+    "make_acceptor",
+    "medusa_generate_step",
+    "save_heads",
+    "stream_generate",
+]

@@ -28,10 +28,10 @@ import numpy as np
 from .attention import tree_attention
 from .generate import StepTimings, medusa_generate_step
 from .model import MedusaModel
-from .tree import resolve_tree
+from .tree import model_tree
 
 VERIFY_SIZES = (1, 2, 4, 8, 16, 32, 64)
-DEFAULT_TREES = "chain-2,tree-8,tree-16"
+DEFAULT_TREES = "chain-2,tree-8,tree-16,auto"
 
 
 # ---------------------------------------------------------------- verify cost
@@ -254,25 +254,25 @@ def _timed(fn, *args, **kwargs) -> Run:
     return run
 
 
-def tree_supported(name: str, num_heads: int) -> bool:
-    """``auto`` is resolved by newer versions only; probe instead of assuming."""
+def tree_supported(name: str, model: MedusaModel) -> bool:
+    """Probe instead of assuming (an unknown preset name is skipped, not fatal)."""
     try:
-        resolve_tree(name, num_heads)
+        model_tree(name, model)
     except (ValueError, TypeError, KeyError):
         return False
     return True
 
 
-def make_methods(trees: list[str], num_heads: int, draft: bool, num_draft: int,
+def make_methods(trees: list[str], model: MedusaModel, draft: bool, num_draft: int,
                  oracle_trees: list[str]) -> list[Method]:
     methods = [Method("mlx-lm greedy", "baseline")]
     if draft:
         methods.append(Method(f"mlx-lm draft x{num_draft}", "draft"))
     for name in trees:
-        resolved = resolve_tree(name, num_heads)
+        resolved = model_tree(name, model)
         methods.append(Method("medusa", "medusa", name, resolved.size - 1))
     for name in oracle_trees:
-        resolved = resolve_tree(name, num_heads)
+        resolved = model_tree(name, model)
         methods.append(Method("medusa oracle", "oracle", name, resolved.size - 1))
     return methods
 
@@ -445,7 +445,7 @@ def benchmark(args, log=print) -> dict:
 
     trees, skipped = [], []
     for name in [t.strip() for t in args.trees.split(",") if t.strip()]:
-        (trees if tree_supported(name, model.num_heads) else skipped).append(name)
+        (trees if tree_supported(name, model) else skipped).append(name)
     if skipped:
         log(f"skipping trees this version cannot resolve: {', '.join(skipped)}")
     oracle_trees = []
@@ -455,7 +455,7 @@ def benchmark(args, log=print) -> dict:
             if args.oracle_trees
             else [f"chain-{min(model.num_heads, 5)}"]
         )
-    methods = make_methods(trees, model.num_heads, draft is not None, args.num_draft_tokens,
+    methods = make_methods(trees, model, draft is not None, args.num_draft_tokens,
                            oracle_trees)
 
     curve = None

@@ -26,7 +26,7 @@ from .chat_stats import SessionStats, TurnStats
 from .generate import ContextLengthError, medusa_generate_step
 from .model import MedusaModel
 from .sampling import make_acceptor
-from .tree import PRESETS, resolve_tree
+from .tree import PRESETS, model_tree
 
 HELP = """\
 /help            this help
@@ -95,7 +95,7 @@ class ChatSession:
         *,
         system: Optional[str] = None,
         max_tokens: int = 256,
-        tree: str = "tree-16",
+        tree: str = "auto",
         medusa: bool = True,
         temp: float = 0.0,
         top_p: float = 0.0,
@@ -106,7 +106,7 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.system = system
         self.max_tokens = max_tokens
-        self.tree = resolve_tree(tree, model.num_heads)
+        self.tree = model_tree(tree, model)
         self.medusa = medusa
         self.eos = set(tokenizer.eos_token_ids)
         # temp 0 is greedy (exact); otherwise Medusa accepts with ``accept``
@@ -302,7 +302,7 @@ class ChatSession:
         if not name:
             return CommandResult(f"tree {self.tree.name}; presets: {', '.join(PRESETS)}")
         try:
-            self.tree = resolve_tree(name, self.model.num_heads)
+            self.tree = model_tree(name, self.model)
         except ValueError as e:
             return CommandResult(str(e), error=True)
         return CommandResult(f"tree {self.tree.name}: {self.tree.size} nodes, depth {self.tree.depth}")
@@ -376,7 +376,7 @@ def configure_parser():
     parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: heads shipped for the model)")
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
-    parser.add_argument("--tree", default="tree-16", help=f"candidate tree: {', '.join(PRESETS)} (default tree-16)")
+    parser.add_argument("--tree", default="auto", help=f"candidate tree: auto (saved with the heads; default), {', '.join(PRESETS)}")
     parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy, token-identical to plain decoding)")
     parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling threshold (0: off)")
     parser.add_argument("--accept", default="lossless", choices=["lossless", "typical"], help="how Medusa accepts sampled tokens: lossless (same distribution as plain sampling, default) or typical (faster, not exact)")

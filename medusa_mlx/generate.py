@@ -16,7 +16,7 @@ import mlx.core as mx
 from .accept import GreedyAcceptor
 from .attention import compact, tree_attention
 from .model import MedusaModel
-from .tree import Tree, TreeSpec, auto_tree, resolve_tree
+from .tree import TreeSpec, model_tree
 
 # proposer(hidden (H,), history: prompt + tokens so far) -> token ids of shape
 # (>= depth, >= topk): row d holds head d's guesses, best first.
@@ -71,7 +71,7 @@ def medusa_generate_step(
     model: MedusaModel,
     *,
     max_tokens: int = 256,
-    tree: TreeSpec = "tree-16",
+    tree: TreeSpec = "auto",
     acceptor=None,
     proposer: Optional[Proposer] = None,
     prompt_cache: Optional[list] = None,
@@ -84,9 +84,7 @@ def medusa_generate_step(
     all, stopping right after the first EOS token. ``on_step`` sees each step
     before it is yielded (the distributed run checks the ranks agree there).
     ``tree="auto"`` uses the tree saved with the heads (see ``tree.auto_tree``)."""
-    if isinstance(tree, str) and tree == "auto":
-        tree = auto_tree(model)
-    tree = resolve_tree(tree, model.num_heads)
+    tree = model_tree(tree, model)
     acceptor = acceptor or GreedyAcceptor()
     prompt = mx.array(prompt) if not isinstance(prompt, mx.array) else prompt
     cache = prompt_cache if prompt_cache is not None else model.make_cache()
@@ -210,7 +208,7 @@ def stream_generate(
     tokenizer,
     prompt: Union[str, Sequence[int], mx.array],
     max_tokens: int = 256,
-    tree: TreeSpec = "tree-16",
+    tree: TreeSpec = "auto",
     **kwargs,
 ) -> Generator[MedusaResponse, None, None]:
     """Like ``mlx_lm.stream_generate``, but one response per Medusa step
@@ -305,7 +303,7 @@ def configure_parser():
     parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: shipped heads for the model)")
     parser.add_argument("--prompt", default=None, help="prompt text (default: BOS only for base models)")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--tree", default="tree-16", help="tree preset (chain-1..5, tree-8/16/32/64) or 'auto'")
+    parser.add_argument("--tree", default="auto", help="tree preset (chain-1..5, tree-8/16/32/64) or auto: the tree saved with the heads (default)")
     parser.add_argument("--no-chat-template", action="store_true", help="send the prompt raw even if the tokenizer has a chat template")
     parser.add_argument("--accept", default=None, choices=["greedy", "typical", "lossless"], help="acceptance rule (default: greedy at --temp 0, else lossless)")
     parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0 = greedy)")

@@ -149,3 +149,12 @@ def auto_tree(model) -> Union[str, list]:
     extra = getattr(getattr(heads, "args", None), "extra", None) or {}
     paths = extra.get("tree")
     return [tuple(p) for p in paths] if paths else AUTO_FALLBACK
+
+
+def model_tree(tree: TreeSpec, model) -> Tree:
+    """Like :func:`resolve_tree`, for a MedusaModel: also resolves ``"auto"``."""
+    if isinstance(tree, str) and tree == "auto":
+        chosen = auto_tree(model)
+        built = resolve_tree(chosen, model.num_heads)
+        return built if isinstance(chosen, str) else build_tree(built.paths[1:], name="auto")
+    return resolve_tree(tree, model.num_heads)
