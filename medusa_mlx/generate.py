@@ -133,8 +133,13 @@ def medusa_generate_step(
             mx.eval(candidates)
             timings.heads = time.perf_counter() - tic
         prefix_len = cache[0].offset
-        with tree_attention(model.rope_owners, cache, mask, depths):
+        if tree.is_chain:
+            # A chain is an ordinary causal continuation: mlx-lm's own mask and
+            # sequential RoPE offsets are exactly right, and cheaper.
             hidden, logits = model.forward(candidates[None], cache)
+        else:
+            with tree_attention(model.rope_owners, cache, mask, depths):
+                hidden, logits = model.forward(candidates[None], cache)
         if profile:
             mx.eval(hidden, logits)
             timings.verify = time.perf_counter() - tic - timings.heads

@@ -72,6 +72,11 @@ class Tree:
     def depth(self) -> int:
         return int(self.depths.max())
 
+    @property
+    def is_chain(self) -> bool:
+        """Every node is its predecessor's only child (node j at depth j)."""
+        return bool((self.depths == np.arange(self.size)).all())
+
     def path_nodes(self, node: int) -> list[int]:
         """Node indices from the root down to ``node``."""
         nodes = []
