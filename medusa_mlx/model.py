@@ -88,7 +88,9 @@ def wrap(backbone: nn.Module, heads: MedusaHeads) -> MedusaModel:
             f"heads expect hidden size {hidden}, the backbone has {probe.shape[-1]}"
         )
     vocab = lm_head(probe).shape[-1]
-    if heads.args.vocab_size != vocab:
+    # Shared-projection heads (Medusa v2) may not record a vocabulary: they use the backbone's.
+    shared_unknown = heads.args.shared_lm_head and heads.args.vocab_size is None
+    if heads.args.vocab_size != vocab and not shared_unknown:
         raise ValueError(f"heads predict {heads.args.vocab_size} tokens, the backbone {vocab}")
     return MedusaModel(backbone, heads, body, lm_head, owners)
 

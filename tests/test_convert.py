@@ -350,3 +350,22 @@ def test_plain_pickle_payload_is_refused(tmp_path, protocol):
     with pytest.raises(ValueError, match=r"refusing to load (posix|os)\.system"):
         load_torch_checkpoint(path)
     assert not PWNED.exists()
+
+
+# --- converted heads in the engine ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["medusa1_pt", "medusa1_pt_bf16", "medusa2_safetensors", "vllm_medusa"])
+def test_converted_heads_decode_stories260k_like_plain_greedy(fixtures, shared_dir, tmp_path, name):
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    from medusa_mlx import load, medusa_generate_step
+
+    out = tmp_path / "heads"
+    convert(str(fixtures / name), str(out), dtype="float32", base=None)
+    model, tokenizer = load(str(shared_dir / "data" / "stories260K.bin"), medusa=str(out))
+    assert model.num_heads == load_heads(out).num_heads
+    prompt = tokenizer.encode("Once upon a time")
+    plain = [t for t, _ in generate_step(mx.array(prompt), model.backbone, max_tokens=120)]
+    steps = medusa_generate_step(prompt, model, max_tokens=120, tree="tree-16")
+    assert [t for s in steps for t in s.tokens] == plain
