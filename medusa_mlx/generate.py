@@ -48,12 +48,14 @@ class MedusaStep:
 
 def heads_topk(model: MedusaModel, hidden: mx.array, depth: int, k: int) -> mx.array:
     """The k best tokens of each of the first ``depth`` heads, best first."""
-    logits = model.heads(hidden, model.lm_head, depth)
+    logits = model.head_logits(hidden, depth)
     if k == 1:
-        return mx.argmax(logits, axis=-1, keepdims=True)
-    top = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
-    order = mx.argsort(-mx.take_along_axis(logits, top, axis=-1), axis=-1)
-    return mx.take_along_axis(top, order, axis=-1)
+        top = mx.argmax(logits, axis=-1, keepdims=True)
+    else:
+        top = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
+        order = mx.argsort(-mx.take_along_axis(logits, top, axis=-1), axis=-1)
+        top = mx.take_along_axis(top, order, axis=-1)
+    return top if model.head_vocab is None else model.head_vocab[top]
 
 
 def _prefill(model: MedusaModel, prompt: mx.array, cache, step_size: int):

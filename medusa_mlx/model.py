@@ -24,6 +24,12 @@ class MedusaModel:
     body: nn.Module
     lm_head: Callable[[mx.array], mx.array]
     rope_owners: list
+    # Optional "head vocabulary" (config key ``head_vocab``): shared-projection heads
+    # then score only these token ids, a slice of the lm_head computed once at load.
+    # On a small model with a large vocabulary the full projection costs ~1/5 of a
+    # forward per step; the heads' guesses only ever need likely tokens.
+    head_vocab: Optional[mx.array] = None
+    head_projection: Optional[Callable[[mx.array], mx.array]] = None
 
     @property
     def num_heads(self) -> int:
@@ -42,9 +48,10 @@ class MedusaModel:
         hidden = self.body(tokens, cache=cache)
         return hidden, self.lm_head(hidden)
 
-    def head_logits(self, hidden: mx.array) -> mx.array:
-        """hidden (..., H) -> (K, ..., V)."""
-        return self.heads(hidden, self.lm_head)
+    def head_logits(self, hidden: mx.array, count: Optional[int] = None) -> mx.array:
+        """hidden (..., H) -> (count, ..., V) logits of the first ``count`` heads
+        (over ``head_vocab`` when the heads have one: map indices with it)."""
+        return self.heads(hidden, self.head_projection or self.lm_head, count)
 
 
 def split_backbone(backbone: nn.Module) -> tuple[nn.Module, Callable]:
@@ -92,7 +99,21 @@ def wrap(backbone: nn.Module, heads: MedusaHeads) -> MedusaModel:
     shared_unknown = heads.args.shared_lm_head and heads.args.vocab_size is None
     if heads.args.vocab_size != vocab and not shared_unknown:
         raise ValueError(f"heads predict {heads.args.vocab_size} tokens, the backbone {vocab}")
-    return MedusaModel(backbone, heads, body, lm_head, owners)
+    head_vocab, head_projection = _head_vocab_projection(heads, lm_head, hidden)
+    return MedusaModel(backbone, heads, body, lm_head, owners, head_vocab, head_projection)
+
+
+def _head_vocab_projection(heads: MedusaHeads, lm_head, hidden_size: int):
+    ids = heads.args.extra.get("head_vocab")
+    if not ids:
+        return None, None
+    if not heads.args.shared_lm_head:
+        raise ValueError("head_vocab is only supported for heads that share the backbone's lm_head")
+    vocab = mx.array(ids)
+    # lm_head(I) = W^T exactly, whatever the projection is (tied, untied, quantized).
+    weight = lm_head(mx.eye(hidden_size))[:, vocab]
+    mx.eval(weight)
+    return vocab, lambda x: x @ weight
 
 
 def backbone_dims(backbone: nn.Module) -> tuple[int, int]:

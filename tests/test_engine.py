@@ -185,3 +185,22 @@ def test_tree_buffers():
     assert sizes["tree-32"] == 32 and sizes["tree-64"] == 64
     assert [sizes[f"chain-{n}"] for n in range(1, 6)] == [2, 3, 4, 5, 6]
     assert resolve_tree("tree-64", 2).depth == 2
+
+
+def test_head_vocab_restricts_candidates_and_keeps_output_exact():
+    from medusa_mlx.generate import heads_topk
+    from medusa_mlx.heads import HeadsArgs, init_heads
+    from medusa_mlx.model import wrap
+
+    backbone = tiny_model("qwen2")  # tied embeddings: the shared projection is embed_tokens
+    vocab = list(range(0, 128, 3))
+    args = HeadsArgs(64, 128, num_heads=3, shared_lm_head=True, extra={"head_vocab": vocab})
+    model = wrap(backbone, init_heads(args, seed=2))
+    hidden = model.body(mx.array([PROMPT]))[0, -1]
+    # The sliced projection scores exactly what the full one scores on those ids.
+    full = model.heads(hidden, model.lm_head, 3)
+    assert np.allclose(np.array(model.head_logits(hidden, 3)), np.array(full)[:, vocab], atol=1e-5)
+    top = heads_topk(model, hidden, 3, 5)
+    assert set(np.array(top).ravel().tolist()) <= set(vocab)
+    ref = plain_greedy(backbone, PROMPT, 150)
+    assert medusa_tokens(model, PROMPT, 150, tree="tree-16") == ref
