@@ -23,4 +23,11 @@ if [[ $which == all || $which == smollm2 ]]; then
     --num-heads 3 --num-layers 1 --shared-lm-head --loss-vocab observed --steps 600 --batch-size 128 \
     --learning-rate 5e-4 --warmup-steps 20 --checkpoint-every 200 --seed 0 \
     --cache-dir "$CACHE" --out medusa_mlx/heads/smollm2-135m-instruct
+  # Heads score only their training targets' tokens, then the tree is re-measured
+  # for the cheaper heads. The run above just wrote the newest cache folder.
+  features=$(ls -td "$CACHE"/*/ | head -1)
+  python -m medusa_mlx.head_vocab medusa_mlx/heads/smollm2-135m-instruct \
+    --features "$features/features-train.npz" --held-out "$features/features-held_out.npz" --size 4096
+  python -m medusa_mlx.tree_search --model smollm2 --heads medusa_mlx/heads/smollm2-135m-instruct \
+    --features "$features/features-held_out.npz"
 fi
