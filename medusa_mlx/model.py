@@ -1,7 +1,7 @@
 """MedusaModel: an untouched mlx-lm backbone plus Medusa heads."""
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -84,17 +84,33 @@ def split_backbone(backbone: nn.Module) -> tuple[nn.Module, Callable]:
     return body, lm_head
 
 
-def wrap(backbone: nn.Module, heads: MedusaHeads) -> MedusaModel:
-    make_tree_cache(backbone)  # refuses rotating / recurrent caches early
+class _BackboneParts(NamedTuple):
+    owners: list
+    body: nn.Module
+    lm_head: Callable
+    hidden_size: int
+    vocab_size: int
+
+
+def _inspect(backbone: nn.Module) -> _BackboneParts:
+    """Refuse unsupported backbones early and take them apart once."""
+    make_tree_cache(backbone)  # refuses rotating / recurrent caches
     owners = rope_owners(backbone)
     body, lm_head = split_backbone(backbone)
-    hidden = heads.args.hidden_size
     probe = body(mx.array([[1]]))
-    if probe.shape[-1] != hidden:
+    return _BackboneParts(owners, body, lm_head, probe.shape[-1], lm_head(probe).shape[-1])
+
+
+def wrap(backbone: nn.Module, heads: MedusaHeads) -> MedusaModel:
+    return _assemble(backbone, heads, _inspect(backbone))
+
+
+def _assemble(backbone: nn.Module, heads: MedusaHeads, parts: _BackboneParts) -> MedusaModel:
+    owners, body, lm_head, hidden, vocab = parts
+    if heads.args.hidden_size != hidden:
         raise ValueError(
-            f"heads expect hidden size {hidden}, the backbone has {probe.shape[-1]}"
+            f"heads expect hidden size {heads.args.hidden_size}, the backbone has {hidden}"
         )
-    vocab = lm_head(probe).shape[-1]
     # Shared-projection heads (Medusa v2) may not record a vocabulary: they use the backbone's.
     shared_unknown = heads.args.shared_lm_head and heads.args.vocab_size is None
     if heads.args.vocab_size != vocab and not shared_unknown:
@@ -116,12 +132,6 @@ def _head_vocab_projection(heads: MedusaHeads, lm_head, hidden_size: int):
     return vocab, lambda x: x @ weight
 
 
-def backbone_dims(backbone: nn.Module) -> tuple[int, int]:
-    body, lm_head = split_backbone(backbone)
-    hidden = body(mx.array([[1]]))
-    return hidden.shape[-1], lm_head(hidden).shape[-1]
-
-
 def attach_heads(
     backbone: nn.Module,
     num_heads: int = 4,
@@ -131,6 +141,6 @@ def attach_heads(
 ) -> MedusaModel:
     """Fresh random heads on ``backbone`` (their guesses are mostly wrong, which
     exercises rejection; train them with ``medusa_mlx.train``)."""
-    hidden, vocab = backbone_dims(backbone)
-    args = HeadsArgs(hidden, vocab, num_heads, num_layers, shared_lm_head)
-    return wrap(backbone, init_heads(args, seed=seed))
+    parts = _inspect(backbone)
+    args = HeadsArgs(parts.hidden_size, parts.vocab_size, num_heads, num_layers, shared_lm_head)
+    return _assemble(backbone, init_heads(args, seed=seed), parts)
