@@ -153,10 +153,11 @@ def text_ids(tokenizer, text: str) -> list[int]:
 
 
 def generate_batched(model, prompts: list, max_new_tokens: int, eos_ids, batch_size: int,
-                     progress=None) -> list[list[int]]:
+                     on_done=None) -> list[list[int]]:
     """Greedy continuations of every prompt, ``batch_size`` at a time (mlx-lm's
     continuous batching; one-at-a-time decoding is ~10x slower on a CPU).
-    The EOS token that ends an answer is kept: heads learn to predict it too."""
+    The EOS token that ends an answer is kept: heads learn to predict it too.
+    ``on_done(i, tokens)`` is called as soon as prompt i's answer is complete."""
     from mlx_lm.generate import BatchGenerator
 
     gen = BatchGenerator(
@@ -167,20 +168,58 @@ def generate_batched(model, prompts: list, max_new_tokens: int, eos_ids, batch_s
         prefill_batch_size=min(batch_size, 8),
     )
     uids = gen.insert(prompts, [max_new_tokens] * len(prompts))
+    index = {uid: i for i, uid in enumerate(uids)}
     out = {uid: [] for uid in uids}
     try:
         while responses := gen.next_generated():
             for r in responses:
                 out[r.uid].append(r.token)
-                if r.finish_reason is not None and progress is not None:
-                    progress()
+                if r.finish_reason is not None and on_done is not None:
+                    on_done(index[r.uid], out[r.uid])
     finally:
         gen.close()
     return [out[uid] for uid in uids]
 
 
+class AnswerCache:
+    """The base model's answers on disk, one JSON line each, appended as soon as
+    each answer is complete: an interrupted run resumes where it stopped, and
+    another split, record limit or head setting reuses every answer already made.
+    Keyed by the prompt's token ids and the token budget (greedy is deterministic)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.answers = {}
+        if self.path.exists():
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):
+                # A killed run left half a line: end it, so new answers start clean.
+                with self.path.open("a") as f:
+                    f.write("\n")
+            for line in text.splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by an interrupted run
+                    continue
+                self.answers[row["key"]] = row["tokens"]
+
+    @staticmethod
+    def key(prompt: list, limit: int) -> str:
+        return hashlib.sha256(json.dumps([prompt, limit]).encode()).hexdigest()[:24]
+
+    def get(self, prompt: list, limit: int) -> Optional[list]:
+        return self.answers.get(self.key(prompt, limit))
+
+    def put(self, prompt: list, limit: int, tokens: list) -> None:
+        key = self.key(prompt, limit)
+        self.answers[key] = list(tokens)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"key": key, "tokens": list(tokens)}) + "\n")
+
+
 def build_sequences(model, tokenizer, records: list, config: DataConfig,
-                    progress=None) -> list[TokenSequence]:
+                    progress=None, answers: Optional[AnswerCache] = None) -> list[TokenSequence]:
     mode = config.mode
     if mode == "text":
         sequences = []
@@ -194,12 +233,26 @@ def build_sequences(model, tokenizer, records: list, config: DataConfig,
         raise ValueError(f"unknown data mode {mode!r}")
     prompts = [prompt_ids(tokenizer, r, config.prompt_tokens) for r in records]
     budget = [max(1, min(config.max_new_tokens, config.max_seq_len - len(p))) for p in prompts]
-    # Similar budgets batch together; one generate call per budget keeps it simple.
     continuations: list = [None] * len(prompts)
+    if answers is not None:
+        for i, (p, b) in enumerate(zip(prompts, budget)):
+            continuations[i] = answers.get(p, b)
+            if continuations[i] is not None and progress is not None:
+                progress()
+    # Similar budgets batch together; one generate call per budget keeps it simple.
     for limit in sorted(set(budget)):
-        idx = [i for i, b in enumerate(budget) if b == limit]
+        idx = [i for i, b in enumerate(budget) if b == limit and continuations[i] is None]
+        if not idx:
+            continue
+
+        def done(j, tokens, idx=idx, limit=limit):
+            if answers is not None:
+                answers.put(prompts[idx[j]], limit, tokens)
+            if progress is not None:
+                progress()
+
         outs = generate_batched(model, [prompts[i] for i in idx], limit,
-                                tokenizer.eos_token_ids, config.batch_size, progress)
+                                tokenizer.eos_token_ids, config.batch_size, done)
         for i, o in zip(idx, outs):
             continuations[i] = o
     return [TokenSequence(p + c, len(p) - 1) for p, c in zip(prompts, continuations)]
@@ -215,6 +268,9 @@ class Features:
 
     hidden: np.ndarray  # (N, H) float16: final-norm hidden states h_t
     labels: np.ndarray  # (N, MAX_LABEL_HEADS) int32: head k's target, IGNORE if none
+    # (N,) int32: z[t+1], the base model's token after position t (the decoding
+    # step's bonus token), which next_token_input heads see. None in old caches.
+    next_tokens: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
@@ -237,7 +293,7 @@ def compute_features(model, sequences: list, batch_size: int = 8,
     """Run the frozen backbone once over every sequence (right-padded batches:
     causal attention means padding never changes earlier positions)."""
     body, lm_head = split_backbone(model)
-    hidden_parts, label_parts = [], []
+    hidden_parts, label_parts, next_parts = [], [], []
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
     for b in range(0, len(order), batch_size):
         batch = [sequences[i] for i in order[b : b + batch_size]]
@@ -253,12 +309,14 @@ def compute_features(model, sequences: list, batch_size: int = 8,
         for r, s in enumerate(batch):
             T = len(s.tokens)
             # z[0] = x[0]; z[j] = the base model's prediction for position j.
-            targets = [s.tokens[0]] + predicted[r, : T - 1].tolist()
+            targets = [s.tokens[0]] + predicted[r, :T].tolist()  # z[0 .. T]
             hidden_parts.append(hidden[r, s.start : T])
-            label_parts.append(head_labels(targets, s.start))
+            label_parts.append(head_labels(targets[:T], s.start))
+            next_parts.append(np.asarray(targets[s.start + 1 : T + 1], dtype=np.int32))
         if progress is not None:
             progress(len(batch))
-    return Features(np.concatenate(hidden_parts), np.concatenate(label_parts))
+    return Features(np.concatenate(hidden_parts), np.concatenate(label_parts),
+                    np.concatenate(next_parts))
 
 
 # ---------------------------------------------------------------------------
@@ -288,12 +346,15 @@ def load_sequences(path: Path) -> list:
 
 def save_features(path: Path, features: Features) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, hidden=features.hidden, labels=features.labels)
+    arrays = {"hidden": features.hidden, "labels": features.labels}
+    if features.next_tokens is not None:
+        arrays["next_tokens"] = features.next_tokens
+    np.savez(path, **arrays)
 
 
 def load_features(path: Path) -> Features:
     with np.load(path) as f:
-        return Features(f["hidden"], f["labels"])
+        return Features(f["hidden"], f["labels"], f["next_tokens"] if "next_tokens" in f else None)
 
 
 @dataclass
@@ -313,13 +374,16 @@ def prepare(model, tokenizer, model_spec: str, config: DataConfig, cache_root,
     train_records, held_records = split_records(records, config.held_out, config.seed)
     cache_dir = Path(cache_root) / cache_key(model_spec, config)
     held_prompts = [prompt_ids(tokenizer, r, config.prompt_tokens) for r in held_records]
+    model_key = hashlib.sha256(str(model_spec).encode()).hexdigest()[:16]
+    answers = AnswerCache(Path(cache_root) / f"answers-{model_key}.jsonl")
     features = {}
     for split, split_records_ in (("train", train_records), ("held_out", held_records)):
         feat_path = cache_dir / f"features-{split}.npz"
         seq_path = cache_dir / f"sequences-{split}.jsonl"
-        if feat_path.exists():
-            features[split] = load_features(feat_path)
-            log(f"{split}: {len(features[split])} positions from cache {feat_path}")
+        cached = load_features(feat_path) if feat_path.exists() else None
+        if cached is not None and cached.next_tokens is not None:  # older caches lack them
+            features[split] = cached
+            log(f"{split}: {len(cached)} positions from cache {feat_path}")
             continue
         if seq_path.exists():
             sequences = load_sequences(seq_path)
@@ -328,7 +392,7 @@ def prepare(model, tokenizer, model_spec: str, config: DataConfig, cache_root,
             sequences = _with_progress(
                 f"{split}: base model answers", len(split_records_),
                 lambda p: build_sequences(model, tokenizer, split_records_, config,
-                                          progress=lambda: p(1)),
+                                          progress=lambda: p(1), answers=answers),
             )
             save_sequences(seq_path, sequences)
         features[split] = _with_progress(

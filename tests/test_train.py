@@ -190,3 +190,50 @@ def test_observed_vocab_loss_trains_shared_heads(backbone, features):
     train(heads, lm_head, features, config, show_progress=False)
     after, _ = medusa_loss(heads, lm_head, x, y)
     assert after.item() < before.item()
+
+
+def test_answer_cache_resumes_and_skips_generation(backbone, tmp_path, monkeypatch):
+    """Answers are saved one by one as they finish; a later run (another split or
+    an interrupted one) generates only what is missing, and a line cut short by
+    a kill is ignored."""
+    import medusa_mlx.train_data as td
+
+    class Tok:
+        eos_token_ids = [0]
+        bos_token_id = None
+
+        def encode(self, text):
+            return [int(w) for w in text.split()]
+
+    records = [td.Record(text=f"{i + 1} {i + 7} {i + 3} 5") for i in range(5)]
+    config = td.DataConfig(files=[], mode="generate", prompt_tokens=4, max_new_tokens=12,
+                           batch_size=4)
+    cache = td.AnswerCache(tmp_path / "answers.jsonl")
+    first = td.build_sequences(backbone, Tok(), records, config, answers=cache)
+    assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 5
+    # The same answers as plain greedy decoding (no EOS in a random model's 12 tokens).
+    body, lm_head = split_backbone(backbone)
+    tokens = first[0].tokens[:4]
+    for _ in range(12):
+        tokens.append(int(mx.argmax(lm_head(body(mx.array([tokens])))[0, -1])))
+    assert first[0].tokens == tokens
+
+    # Drop two answers and cut the last line short, as a killed run would leave it.
+    lines = (tmp_path / "answers.jsonl").read_text().splitlines()
+    (tmp_path / "answers.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    generated = []
+    real = td.generate_batched
+
+    def counting(model, prompts, *args, **kwargs):
+        generated.extend(prompts)
+        return real(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(td, "generate_batched", counting)
+    again = td.build_sequences(backbone, Tok(), records, config,
+                               answers=td.AnswerCache(tmp_path / "answers.jsonl"))
+    assert [s.tokens for s in again] == [s.tokens for s in first]
+    assert len(generated) == 2
+    generated.clear()
+    td.build_sequences(backbone, Tok(), records, config,
+                       answers=td.AnswerCache(tmp_path / "answers.jsonl"))
+    assert generated == []
