@@ -13,7 +13,7 @@
 import argparse
 import json
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import mlx.core as mx
 import numpy as np
@@ -25,14 +25,19 @@ RANKS = 10
 
 
 def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int = RANKS,
-               batch_size: int = 512) -> np.ndarray:
+               batch_size: int = 512, embed: Optional[Callable] = None) -> np.ndarray:
     """(K, N) rank of the label among each head's logits, ``ranks`` if not in the
-    top ``ranks`` (or no label)."""
+    top ``ranks`` (or no label). ``embed``: the backbone's token embedding, for
+    next_token_input heads (they see ``data.next_tokens``)."""
     K = heads.num_heads
+    token_input = heads.args.next_token_input
+    if token_input and (embed is None or data.next_tokens is None):
+        raise ValueError("next_token_input heads need embed and features with next_tokens")
     out = np.full((K, len(data)), ranks, dtype=np.int32)
     for b in range(0, len(data), batch_size):
         x = mx.array(data.hidden[b : b + batch_size]).astype(mx.float32)
-        logits = heads(x, lm_head)  # (K, B, V)
+        e = embed(mx.array(data.next_tokens[b : b + batch_size])) if token_input else None
+        logits = heads(x, lm_head, token_embedding=e)  # (K, B, V)
         top = mx.argsort(-logits, axis=-1)[..., :ranks]
         labels = mx.array(data.labels[b : b + batch_size, :K].T)[..., None]
         hit = top == labels
@@ -44,9 +49,9 @@ def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int
 
 
 def head_accuracy(heads: MedusaHeads, lm_head: Callable, data: Features,
-                  ranks: int = RANKS) -> dict:
+                  ranks: int = RANKS, embed: Optional[Callable] = None) -> dict:
     """Per head: top-1, top-5 and per-rank accuracy on positions with a label."""
-    rank = head_ranks(heads, lm_head, data, ranks)
+    rank = head_ranks(heads, lm_head, data, ranks, embed=embed)
     valid = (data.labels[:, : heads.num_heads].T != IGNORE)
     n = np.maximum(valid.sum(axis=1), 1)
     per_rank = [[float(((rank[k] == i) & valid[k]).sum() / n[k]) for i in range(ranks)]

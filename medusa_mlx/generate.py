@@ -46,9 +46,13 @@ class MedusaStep:
     timings: StepTimings = field(default_factory=StepTimings)
 
 
-def heads_topk(model: MedusaModel, hidden: mx.array, depth: int, k: int) -> mx.array:
-    """The k best tokens of each of the first ``depth`` heads, best first."""
-    logits = model.head_logits(hidden, depth)
+def heads_topk(model: MedusaModel, hidden: mx.array, depth: int, k: int,
+               next_token: Optional[int] = None) -> mx.array:
+    """The k best tokens of each of the first ``depth`` heads, best first.
+    ``next_token``: the token emitted at ``hidden``'s position (the tree root)."""
+    if next_token is not None:
+        next_token = mx.array(next_token)
+    logits = model.head_logits(hidden, depth, next_token)
     if k == 1:
         top = mx.argmax(logits, axis=-1, keepdims=True)
     else:
@@ -121,7 +125,7 @@ def medusa_generate_step(
         timings = StepTimings()
         tic = time.perf_counter()
         if proposer is None:
-            topk = heads_topk(model, last_hidden, tree.depth, tree.topk)
+            topk = heads_topk(model, last_hidden, tree.depth, tree.topk, root)
         else:
             topk = proposer(last_hidden, history)
             if topk.shape[0] < tree.depth or topk.shape[1] < tree.topk:

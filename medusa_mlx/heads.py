@@ -3,6 +3,13 @@
 Head k is ``L`` residual blocks ``x + SiLU(W x + b)`` followed by a vocabulary
 projection. Medusa-1 heads own their projection; Medusa v2 heads reuse the
 backbone's lm_head (``shared_lm_head=True``), so the caller passes it in.
+
+With ``next_token_input`` each head also sees the token the base model has just
+committed (the step's bonus token, t+1, always known before the heads run):
+its input is ``h_t + U e(x_{t+1})`` with ``e`` the backbone's token embedding
+and ``U`` zero-initialised. A plain Medusa head must guess t+2 without knowing
+t+1; on a small backbone that costs most of its accuracy. The tree, the
+verification and the acceptance rules are unchanged.
 """
 
 import json
@@ -22,6 +29,7 @@ class HeadsArgs:
     num_heads: int = 4
     num_layers: int = 1
     shared_lm_head: bool = False
+    next_token_input: bool = False
     # Free-form provenance (base model id, training command, preferred tree).
     extra: dict = field(default_factory=dict)
 
@@ -34,6 +42,8 @@ class HeadsArgs:
             "vocab_size": self.vocab_size,
             "shared_lm_head": self.shared_lm_head,
         }
+        if self.next_token_input:
+            config["next_token_input"] = True
         config.update(self.extra)
         return config
 
@@ -46,6 +56,7 @@ class HeadsArgs:
             "hidden_size",
             "vocab_size",
             "shared_lm_head",
+            "next_token_input",
             "quantization",
         }
         return cls(
@@ -54,6 +65,7 @@ class HeadsArgs:
             num_heads=config["medusa_num_heads"],
             num_layers=config["medusa_num_layers"],
             shared_lm_head=bool(config.get("shared_lm_head", False)),
+            next_token_input=bool(config.get("next_token_input", False)),
             extra={k: v for k, v in config.items() if k not in known},
         )
 
@@ -71,10 +83,14 @@ class MedusaHead(nn.Module):
     def __init__(self, args: HeadsArgs):
         super().__init__()
         self.blocks = [ResBlock(args.hidden_size) for _ in range(args.num_layers)]
+        if args.next_token_input:
+            self.token_in = nn.Linear(args.hidden_size, args.hidden_size, bias=False)
         if not args.shared_lm_head:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    def features(self, x: mx.array) -> mx.array:
+    def features(self, x: mx.array, token_embedding: Optional[mx.array] = None) -> mx.array:
+        if token_embedding is not None:
+            x = x + self.token_in(token_embedding)
         for block in self.blocks:
             x = block(x)
         return x
@@ -97,15 +113,21 @@ class MedusaHeads(nn.Module):
         hidden: mx.array,
         lm_head: Optional[Callable[[mx.array], mx.array]] = None,
         count: Optional[int] = None,
+        token_embedding: Optional[mx.array] = None,
     ) -> mx.array:
-        """hidden (..., H) -> logits (K, ..., V) of the first ``count`` heads (all by default)."""
+        """hidden (..., H) -> logits (K, ..., V) of the first ``count`` heads (all by
+        default). ``token_embedding`` (..., H): the embedded next token, required
+        by (and only by) ``next_token_input`` heads."""
         if self.args.shared_lm_head and lm_head is None:
             raise ValueError("these heads share the backbone's lm_head: pass it in")
+        if self.args.next_token_input != (token_embedding is not None):
+            raise ValueError("next_token_input heads need token_embedding; other heads take none")
         heads = self.heads[:count]
+        features = [head.features(hidden, token_embedding) for head in heads]
         if self.args.shared_lm_head:
             # One (K, .., H) x (H, V) product reads the large projection once, not K times.
-            return lm_head(mx.stack([head.features(hidden) for head in heads]))
-        return mx.stack([head.lm_head(head.features(hidden)) for head in heads])
+            return lm_head(mx.stack(features))
+        return mx.stack([head.lm_head(f) for head, f in zip(heads, features)])
 
 
 def init_heads(
@@ -124,6 +146,8 @@ def init_heads(
             for block in head.blocks:
                 block.linear.weight = mx.zeros_like(block.linear.weight)
                 block.linear.bias = mx.zeros_like(block.linear.bias)
+            if args.next_token_input:
+                head.token_in.weight = mx.zeros_like(head.token_in.weight)
     if lm_head_weight is not None and not args.shared_lm_head:
         for head in heads.heads:
             head.lm_head.weight = mx.array(lm_head_weight)

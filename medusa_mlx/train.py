@@ -36,6 +36,7 @@ class TrainConfig:
     num_heads: int = 4
     num_layers: int = 1
     shared_lm_head: bool = False
+    next_token_input: bool = False  # heads also see the token after h_t (see heads.py)
     steps: int = 1000  # optimizer updates
     batch_size: int = 256  # positions per micro-batch
     grad_accum: int = 1  # micro-batches per update
@@ -56,10 +57,11 @@ class TrainConfig:
 
 
 def medusa_loss(heads: MedusaHeads, lm_head: Callable, hidden: mx.array, labels: mx.array,
-                decay: float = 0.8):
+                decay: float = 0.8, token_embedding: Optional[mx.array] = None):
     """hidden (B, H), labels (B, K) with IGNORE where no target ->
-    (sum_k decay**k * mean CE_k, per-head top-1 correct counts, per-head counts)."""
-    logits = heads(hidden, lm_head)  # (K, B, V)
+    (sum_k decay**k * mean CE_k, per-head top-1 correct counts, per-head counts).
+    ``token_embedding`` (B, H): the embedded next tokens, for next_token_input heads."""
+    logits = heads(hidden, lm_head, token_embedding=token_embedding)  # (K, B, V)
     total = mx.array(0.0)
     correct, counts = [], []
     for k in range(logits.shape[0]):
@@ -82,7 +84,7 @@ def fresh_heads(lm_head: Callable, hidden_size: int, vocab_size: int,
                 config: TrainConfig) -> MedusaHeads:
     """Medusa's training init: zero blocks; own projections start as the base lm_head."""
     args = HeadsArgs(hidden_size, vocab_size, config.num_heads, config.num_layers,
-                     config.shared_lm_head)
+                     config.shared_lm_head, config.next_token_input)
     weight = None if config.shared_lm_head else lm_head_weight(lm_head, hidden_size)
     return init_heads(args, seed=config.seed, zero_blocks=True, lm_head_weight=weight)
 
@@ -154,19 +156,24 @@ class StepLog:
 
 
 def train(heads: MedusaHeads, lm_head: Callable, data: Features, config: TrainConfig,
-          out_dir=None, resume: bool = False, show_progress: bool = True) -> list:
-    """Optimise ``heads`` in place; return one StepLog per update."""
+          out_dir=None, resume: bool = False, show_progress: bool = True,
+          embed: Optional[Callable] = None) -> list:
+    """Optimise ``heads`` in place; return one StepLog per update. ``embed``
+    (token ids -> embeddings, the backbone's) is needed by next_token_input heads."""
     out_dir = Path(out_dir) if out_dir is not None else None
     K = heads.num_heads
     if K > MAX_LABEL_HEADS:
         raise ValueError(f"at most {MAX_LABEL_HEADS} heads can be trained")
+    token_input = heads.args.next_token_input
+    if token_input and (embed is None or data.next_tokens is None):
+        raise ValueError("next_token_input heads need embed and features with next_tokens")
     optimizer = make_optimizer(config)
     optimizer.init(heads.trainable_parameters())
     start = 0
     if resume and out_dir is not None and (ckpt := latest_checkpoint(out_dir)):
         start = load_checkpoint(ckpt, heads, optimizer)
-    loss_and_grad = nn.value_and_grad(heads, lambda h, x, y: medusa_loss(h, lm_head, x, y,
-                                                                         config.decay))
+    loss_and_grad = nn.value_and_grad(
+        heads, lambda h, x, y, e: medusa_loss(h, lm_head, x, y, config.decay, e))
     hidden_all, labels_all = data.hidden, data.labels[:, :K]
     if config.loss_vocab == "observed":
         lm_head, labels_all = restrict_vocab(lm_head, labels_all, heads.args)
@@ -180,7 +187,8 @@ def train(heads: MedusaHeads, lm_head: Callable, data: Features, config: TrainCo
                                   step * config.grad_accum + a)
                 x = mx.array(hidden_all[idx]).astype(mx.float32)
                 y = mx.array(labels_all[idx])
-                (loss, (c, n)), g = loss_and_grad(heads, x, y)
+                e = embed(mx.array(data.next_tokens[idx])) if token_input else None
+                (loss, (c, n)), g = loss_and_grad(heads, x, y, e)
                 grads = g if grads is None else _tree_add(grads, g)
                 mx.eval(loss, c, n, grads)
                 loss_sum += loss.item()
@@ -289,6 +297,9 @@ def configure_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--shared-lm-head", action="store_true",
                    help="reuse the base lm_head (Medusa v2 style, small files)")
+    p.add_argument("--next-token-input", action="store_true",
+                   help="heads also see the token the base model just committed "
+                        "(more accurate; a medusa-mlx extension, not in torch Medusa)")
     p.add_argument("--loss-vocab", default="full", choices=["full", "observed"],
                    help="observed: softmax over label tokens only (needs --shared-lm-head)")
     p.add_argument("--steps", type=int, default=1000)
@@ -330,7 +341,8 @@ def main(argv=None):
                       log=console.print)
     data_seconds = time.perf_counter() - tic
     config = TrainConfig(num_heads=args.num_heads, num_layers=args.num_layers,
-                         shared_lm_head=args.shared_lm_head, steps=args.steps,
+                         shared_lm_head=args.shared_lm_head,
+                         next_token_input=args.next_token_input, steps=args.steps,
                          batch_size=args.batch_size, grad_accum=args.grad_accum,
                          learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
                          weight_decay=args.weight_decay,
@@ -342,11 +354,12 @@ def main(argv=None):
     console.print(f"training {config.num_heads} heads x {config.num_layers} layers on "
                   f"{len(dataset.train)} positions ({args.steps} steps)")
     tic_train = time.perf_counter()
+    embed = getattr(body, "embed_tokens", None)
     history = train(heads, lm_head, dataset.train, config, out_dir=args.out,
-                    resume=args.resume)
+                    resume=args.resume, embed=embed)
     train_seconds = time.perf_counter() - tic_train
 
-    accuracy = head_accuracy(heads, lm_head, dataset.held_out)
+    accuracy = head_accuracy(heads, lm_head, dataset.held_out, embed=embed)
     for k, (t1, t5) in enumerate(zip(accuracy["top1"], accuracy["top5"])):
         console.print(f"held-out head {k}: top-1 {t1:.3f}  top-5 {t5:.3f}")
     extra = {

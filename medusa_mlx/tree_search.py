@@ -162,7 +162,7 @@ def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128, repeats: int = 
     def heads(depth):
         from .generate import heads_topk
 
-        return lambda: mx.eval(heads_topk(model, hidden, depth, topk))
+        return lambda: mx.eval(heads_topk(model, hidden, depth, topk, next_token=1))
 
     plain = _min_seconds(plain_step, repeats)
     verify_cost = {n: _min_seconds(verify(n), repeats) for n in sizes}
@@ -235,7 +235,7 @@ def choose_tree_for(model, held_out, max_nodes: int = 64) -> TreeChoice:
     """Measure acceptance on ``held_out`` features and cost on this machine."""
     from .evaluate import head_ranks
 
-    rank = head_ranks(model.heads, model.lm_head, held_out)
+    rank = head_ranks(model.heads, model.lm_head, held_out, embed=model.embed)
     return choose_tree(rank, measure_cost(model), max_nodes, sequence_ends(held_out.labels))
 
 
