@@ -146,8 +146,8 @@ def _export_vllm(source, output: Path, revision, dtype, force) -> ConversionRepo
         raise ConversionError(f"--to vllm reads a medusa-mlx heads folder; {path} is a file")
     heads = load_mlx_heads(path)
     args = heads.args
-    if args.next_token_input:
-        raise ConversionError(f"{path}: next_token_input heads have no vLLM equivalent")
+    if args.sequential:
+        raise ConversionError(f"{path}: sequential heads have no vLLM equivalent")
     extra = {k: v for k, v in args.extra.items() if k == "base_model_name_or_path"}
     write_atomically(output, force, lambda folder: write_vllm(folder, heads, dtype, extra))
     return ConversionReport(

@@ -28,16 +28,20 @@ def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int
                batch_size: int = 512, embed: Optional[Callable] = None) -> np.ndarray:
     """(K, N) rank of the label among each head's logits, ``ranks`` if not in the
     top ``ranks`` (or no label). ``embed``: the backbone's token embedding, for
-    next_token_input heads (they see ``data.next_tokens``)."""
+    sequential heads. They see ``data.next_tokens`` and then their own guesses,
+    exactly as in decoding (not the true tokens they were trained on)."""
     K = heads.num_heads
-    token_input = heads.args.next_token_input
-    if token_input and (embed is None or data.next_tokens is None):
-        raise ValueError("next_token_input heads need embed and features with next_tokens")
+    sequential = heads.args.sequential
+    if sequential and (embed is None or data.next_tokens is None):
+        raise ValueError("sequential heads need embed and features with next_tokens")
     out = np.full((K, len(data)), ranks, dtype=np.int32)
     for b in range(0, len(data), batch_size):
         x = mx.array(data.hidden[b : b + batch_size]).astype(mx.float32)
-        e = embed(mx.array(data.next_tokens[b : b + batch_size])) if token_input else None
-        logits = heads(x, lm_head, token_embedding=e)  # (K, B, V)
+        if sequential:
+            tokens = mx.array(data.next_tokens[b : b + batch_size])[:, None]
+            logits = heads(x, lm_head, embed=embed, tokens=tokens)  # (K, B, V)
+        else:
+            logits = heads(x, lm_head)
         top = mx.argsort(-logits, axis=-1)[..., :ranks]
         labels = mx.array(data.labels[b : b + batch_size, :K].T)[..., None]
         hit = top == labels

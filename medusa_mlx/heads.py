@@ -4,12 +4,19 @@ Head k is ``L`` residual blocks ``x + SiLU(W x + b)`` followed by a vocabulary
 projection. Medusa-1 heads own their projection; Medusa v2 heads reuse the
 backbone's lm_head (``shared_lm_head=True``), so the caller passes it in.
 
-With ``next_token_input`` each head also sees the token the base model has just
-committed (the step's bonus token, t+1, always known before the heads run):
-its input is ``h_t + U e(x_{t+1})`` with ``e`` the backbone's token embedding
-and ``U`` zero-initialised. A plain Medusa head must guess t+2 without knowing
-t+1; on a small backbone that costs most of its accuracy. The tree, the
-verification and the acceptance rules are unchanged.
+Sequential heads (``sequential=True``, a medusa-mlx extension in the spirit of
+Hydra and EAGLE) also see the token right before the one they guess. Head 0
+guesses t+2 and sees t+1, the token the base model has just committed (the
+step's bonus token, known before the heads run); head k sees head k-1's best
+guess and works on head k-1's features instead of ``h_t``:
+
+    f_{-1} = h_t,    f_k = blocks_k(f_{k-1} + U_k e(token_k)),    logits_k = lm_head(f_k)
+
+with ``e`` the backbone's token embedding and ``U_k`` zero-initialised (so at
+step 0 they are plain Medusa heads). Training feeds the true tokens (teacher
+forcing). A plain Medusa head must guess t+2 without knowing t+1; on a small
+backbone that costs most of its accuracy. Tree, verification and acceptance
+are unchanged: candidates are still each depth's top-k tokens.
 """
 
 import json
@@ -29,7 +36,7 @@ class HeadsArgs:
     num_heads: int = 4
     num_layers: int = 1
     shared_lm_head: bool = False
-    next_token_input: bool = False
+    sequential: bool = False
     # Free-form provenance (base model id, training command, preferred tree).
     extra: dict = field(default_factory=dict)
 
@@ -42,8 +49,8 @@ class HeadsArgs:
             "vocab_size": self.vocab_size,
             "shared_lm_head": self.shared_lm_head,
         }
-        if self.next_token_input:
-            config["next_token_input"] = True
+        if self.sequential:
+            config["sequential_heads"] = True
         config.update(self.extra)
         return config
 
@@ -56,7 +63,7 @@ class HeadsArgs:
             "hidden_size",
             "vocab_size",
             "shared_lm_head",
-            "next_token_input",
+            "sequential_heads",
             "quantization",
         }
         return cls(
@@ -65,7 +72,7 @@ class HeadsArgs:
             num_heads=config["medusa_num_heads"],
             num_layers=config["medusa_num_layers"],
             shared_lm_head=bool(config.get("shared_lm_head", False)),
-            next_token_input=bool(config.get("next_token_input", False)),
+            sequential=bool(config.get("sequential_heads", False)),
             extra={k: v for k, v in config.items() if k not in known},
         )
 
@@ -83,14 +90,12 @@ class MedusaHead(nn.Module):
     def __init__(self, args: HeadsArgs):
         super().__init__()
         self.blocks = [ResBlock(args.hidden_size) for _ in range(args.num_layers)]
-        if args.next_token_input:
+        if args.sequential:
             self.token_in = nn.Linear(args.hidden_size, args.hidden_size, bias=False)
         if not args.shared_lm_head:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    def features(self, x: mx.array, token_embedding: Optional[mx.array] = None) -> mx.array:
-        if token_embedding is not None:
-            x = x + self.token_in(token_embedding)
+    def features(self, x: mx.array) -> mx.array:
         for block in self.blocks:
             x = block(x)
         return x
@@ -113,21 +118,39 @@ class MedusaHeads(nn.Module):
         hidden: mx.array,
         lm_head: Optional[Callable[[mx.array], mx.array]] = None,
         count: Optional[int] = None,
-        token_embedding: Optional[mx.array] = None,
+        embed: Optional[Callable[[mx.array], mx.array]] = None,
+        tokens: Optional[mx.array] = None,
+        vocab: Optional[mx.array] = None,
     ) -> mx.array:
-        """hidden (..., H) -> logits (K, ..., V) of the first ``count`` heads (all by
-        default). ``token_embedding`` (..., H): the embedded next token, required
-        by (and only by) ``next_token_input`` heads."""
+        """hidden (..., H) -> logits (K, ..., V) of the first ``count`` heads (all by default).
+
+        Sequential heads also take ``embed`` (token ids -> embeddings) and
+        ``tokens`` (..., T >= 1): column j is the token head j sees (column 0:
+        the token after ``hidden``'s position); heads past column T-1 see the
+        previous head's best guess, mapped through ``vocab`` when the projection
+        scores only those token ids."""
         if self.args.shared_lm_head and lm_head is None:
             raise ValueError("these heads share the backbone's lm_head: pass it in")
-        if self.args.next_token_input != (token_embedding is not None):
-            raise ValueError("next_token_input heads need token_embedding; other heads take none")
+        if self.args.sequential != (tokens is not None):
+            raise ValueError("sequential heads need tokens (and embed); other heads take none")
         heads = self.heads[:count]
-        features = [head.features(hidden, token_embedding) for head in heads]
-        if self.args.shared_lm_head:
-            # One (K, .., H) x (H, V) product reads the large projection once, not K times.
-            return lm_head(mx.stack(features))
-        return mx.stack([head.lm_head(f) for head, f in zip(heads, features)])
+        project = lm_head if self.args.shared_lm_head else None
+        if not self.args.sequential:
+            features = [head.features(hidden) for head in heads]
+            if project is not None:
+                # One (K, .., H) x (H, V) product reads the large projection once, not K times.
+                return project(mx.stack(features))
+            return mx.stack([head.lm_head(f) for head, f in zip(heads, features)])
+        logits, x, token = [], hidden, tokens[..., 0]
+        for k, head in enumerate(heads):
+            x = head.features(x + head.token_in(embed(token)))
+            logits.append(project(x) if project is not None else head.lm_head(x))
+            if k + 1 < tokens.shape[-1]:
+                token = tokens[..., k + 1]
+            else:
+                token = mx.argmax(logits[-1], axis=-1)
+                token = token if vocab is None else vocab[token]
+        return mx.stack(logits)
 
 
 def init_heads(
@@ -146,7 +169,7 @@ def init_heads(
             for block in head.blocks:
                 block.linear.weight = mx.zeros_like(block.linear.weight)
                 block.linear.bias = mx.zeros_like(block.linear.bias)
-            if args.next_token_input:
+            if args.sequential:
                 head.token_in.weight = mx.zeros_like(head.token_in.weight)
     if lm_head_weight is not None and not args.shared_lm_head:
         for head in heads.heads:

@@ -30,7 +30,7 @@ class MedusaModel:
     # forward per step; the heads' guesses only ever need likely tokens.
     head_vocab: Optional[mx.array] = None
     head_projection: Optional[Callable[[mx.array], mx.array]] = None
-    # Token ids -> input embeddings, for heads that also see the next token.
+    # Token ids -> input embeddings, for sequential heads (they see tokens too).
     embed: Optional[Callable[[mx.array], mx.array]] = None
 
     @property
@@ -55,13 +55,14 @@ class MedusaModel:
         """hidden (..., H) -> (count, ..., V) logits of the first ``count`` heads
         (over ``head_vocab`` when the heads have one: map indices with it).
         ``next_token`` (...): the token after ``hidden``'s position, which
-        ``next_token_input`` heads see (ignored by plain Medusa heads)."""
-        embedding = None
-        if self.heads.args.next_token_input:
-            if next_token is None:
-                raise ValueError("these heads see the next token: pass next_token")
-            embedding = self.embed(next_token)
-        return self.heads(hidden, self.head_projection or self.lm_head, count, embedding)
+        sequential heads see (plain Medusa heads ignore it)."""
+        projection = self.head_projection or self.lm_head
+        if not self.heads.args.sequential:
+            return self.heads(hidden, projection, count)
+        if next_token is None:
+            raise ValueError("sequential heads see the next token: pass next_token")
+        return self.heads(hidden, projection, count, self.embed, next_token[..., None],
+                          self.head_vocab)
 
 
 def split_backbone(backbone: nn.Module) -> tuple[nn.Module, Callable]:
@@ -127,9 +128,9 @@ def _assemble(backbone: nn.Module, heads: MedusaHeads, parts: _BackboneParts) ->
         raise ValueError(f"heads predict {heads.args.vocab_size} tokens, the backbone {vocab}")
     head_vocab, head_projection = _head_vocab_projection(heads, lm_head, hidden)
     embed = getattr(body, "embed_tokens", None)
-    if heads.args.next_token_input and embed is None:
+    if heads.args.sequential and embed is None:
         raise UnsupportedModelError(
-            f"architecture '{model_type(backbone)}' has no embed_tokens for next-token heads"
+            f"architecture '{model_type(backbone)}' has no embed_tokens for sequential heads"
         )
     return MedusaModel(backbone, heads, body, lm_head, owners, head_vocab, head_projection,
                        embed)
@@ -154,11 +155,11 @@ def attach_heads(
     num_layers: int = 1,
     seed: int = 0,
     shared_lm_head: bool = False,
-    next_token_input: bool = False,
+    sequential: bool = False,
 ) -> MedusaModel:
     """Fresh random heads on ``backbone`` (their guesses are mostly wrong, which
     exercises rejection; train them with ``medusa_mlx.train``)."""
     parts = _inspect(backbone)
     args = HeadsArgs(parts.hidden_size, parts.vocab_size, num_heads, num_layers, shared_lm_head,
-                     next_token_input)
+                     sequential)
     return _assemble(backbone, init_heads(args, seed=seed), parts)

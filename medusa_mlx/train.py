@@ -36,7 +36,7 @@ class TrainConfig:
     num_heads: int = 4
     num_layers: int = 1
     shared_lm_head: bool = False
-    next_token_input: bool = False  # heads also see the token after h_t (see heads.py)
+    sequential: bool = False  # heads also see the token before their target (see heads.py)
     steps: int = 1000  # optimizer updates
     batch_size: int = 256  # positions per micro-batch
     grad_accum: int = 1  # micro-batches per update
@@ -57,11 +57,16 @@ class TrainConfig:
 
 
 def medusa_loss(heads: MedusaHeads, lm_head: Callable, hidden: mx.array, labels: mx.array,
-                decay: float = 0.8, token_embedding: Optional[mx.array] = None):
+                decay: float = 0.8, embed: Optional[Callable] = None,
+                tokens: Optional[mx.array] = None):
     """hidden (B, H), labels (B, K) with IGNORE where no target ->
     (sum_k decay**k * mean CE_k, per-head top-1 correct counts, per-head counts).
-    ``token_embedding`` (B, H): the embedded next tokens, for next_token_input heads."""
-    logits = heads(hidden, lm_head, token_embedding=token_embedding)  # (K, B, V)
+    Sequential heads also take ``embed`` and ``tokens`` (B, K): the true token
+    each head sees (teacher forcing; see ``teacher_tokens``)."""
+    if tokens is None:
+        logits = heads(hidden, lm_head)  # (K, B, V)
+    else:
+        logits = heads(hidden, lm_head, embed=embed, tokens=tokens)
     total = mx.array(0.0)
     correct, counts = [], []
     for k in range(logits.shape[0]):
@@ -84,9 +89,16 @@ def fresh_heads(lm_head: Callable, hidden_size: int, vocab_size: int,
                 config: TrainConfig) -> MedusaHeads:
     """Medusa's training init: zero blocks; own projections start as the base lm_head."""
     args = HeadsArgs(hidden_size, vocab_size, config.num_heads, config.num_layers,
-                     config.shared_lm_head, config.next_token_input)
+                     config.shared_lm_head, config.sequential)
     weight = None if config.shared_lm_head else lm_head_weight(lm_head, hidden_size)
     return init_heads(args, seed=config.seed, zero_blocks=True, lm_head_weight=weight)
+
+
+def teacher_tokens(next_tokens: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) z[t+1] and (N, >=K-1) labels z[t+2+k] -> (N, K) the true token each
+    sequential head sees: z[t+1] for head 0, head k-1's target for head k. Past
+    a sequence's end (no label) any token will do: that head's loss is masked too."""
+    return np.concatenate([next_tokens[:, None], np.maximum(labels, 0)], axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -159,22 +171,24 @@ def train(heads: MedusaHeads, lm_head: Callable, data: Features, config: TrainCo
           out_dir=None, resume: bool = False, show_progress: bool = True,
           embed: Optional[Callable] = None) -> list:
     """Optimise ``heads`` in place; return one StepLog per update. ``embed``
-    (token ids -> embeddings, the backbone's) is needed by next_token_input heads."""
+    (token ids -> embeddings, the backbone's) is needed by sequential heads."""
     out_dir = Path(out_dir) if out_dir is not None else None
     K = heads.num_heads
     if K > MAX_LABEL_HEADS:
         raise ValueError(f"at most {MAX_LABEL_HEADS} heads can be trained")
-    token_input = heads.args.next_token_input
-    if token_input and (embed is None or data.next_tokens is None):
-        raise ValueError("next_token_input heads need embed and features with next_tokens")
+    sequential = heads.args.sequential
+    if sequential and (embed is None or data.next_tokens is None):
+        raise ValueError("sequential heads need embed and features with next_tokens")
     optimizer = make_optimizer(config)
     optimizer.init(heads.trainable_parameters())
     start = 0
     if resume and out_dir is not None and (ckpt := latest_checkpoint(out_dir)):
         start = load_checkpoint(ckpt, heads, optimizer)
     loss_and_grad = nn.value_and_grad(
-        heads, lambda h, x, y, e: medusa_loss(h, lm_head, x, y, config.decay, e))
+        heads, lambda h, x, y, t: medusa_loss(h, lm_head, x, y, config.decay, embed, t))
     hidden_all, labels_all = data.hidden, data.labels[:, :K]
+    if sequential:  # true token ids, before restrict_vocab renumbers the labels
+        tokens_all = teacher_tokens(data.next_tokens, labels_all[:, : K - 1])
     if config.loss_vocab == "observed":
         lm_head, labels_all = restrict_vocab(lm_head, labels_all, heads.args)
     history = []
@@ -187,8 +201,8 @@ def train(heads: MedusaHeads, lm_head: Callable, data: Features, config: TrainCo
                                   step * config.grad_accum + a)
                 x = mx.array(hidden_all[idx]).astype(mx.float32)
                 y = mx.array(labels_all[idx])
-                e = embed(mx.array(data.next_tokens[idx])) if token_input else None
-                (loss, (c, n)), g = loss_and_grad(heads, x, y, e)
+                t = mx.array(tokens_all[idx]) if sequential else None
+                (loss, (c, n)), g = loss_and_grad(heads, x, y, t)
                 grads = g if grads is None else _tree_add(grads, g)
                 mx.eval(loss, c, n, grads)
                 loss_sum += loss.item()
@@ -297,9 +311,10 @@ def configure_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--shared-lm-head", action="store_true",
                    help="reuse the base lm_head (Medusa v2 style, small files)")
-    p.add_argument("--next-token-input", action="store_true",
-                   help="heads also see the token the base model just committed "
-                        "(more accurate; a medusa-mlx extension, not in torch Medusa)")
+    p.add_argument("--sequential-heads", action="store_true",
+                   help="head k also sees the token before its target (the committed token, "
+                        "then the previous head's guess): more accurate; a medusa-mlx "
+                        "extension that torch Medusa and vLLM cannot load")
     p.add_argument("--loss-vocab", default="full", choices=["full", "observed"],
                    help="observed: softmax over label tokens only (needs --shared-lm-head)")
     p.add_argument("--steps", type=int, default=1000)
@@ -342,7 +357,7 @@ def main(argv=None):
     data_seconds = time.perf_counter() - tic
     config = TrainConfig(num_heads=args.num_heads, num_layers=args.num_layers,
                          shared_lm_head=args.shared_lm_head,
-                         next_token_input=args.next_token_input, steps=args.steps,
+                         sequential=args.sequential_heads, steps=args.steps,
                          batch_size=args.batch_size, grad_accum=args.grad_accum,
                          learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
                          weight_decay=args.weight_decay,

@@ -269,7 +269,7 @@ class Features:
     hidden: np.ndarray  # (N, H) float16: final-norm hidden states h_t
     labels: np.ndarray  # (N, MAX_LABEL_HEADS) int32: head k's target, IGNORE if none
     # (N,) int32: z[t+1], the base model's token after position t (the decoding
-    # step's bonus token), which next_token_input heads see. None in old caches.
+    # step's bonus token), which sequential heads see first. None in old caches.
     next_tokens: Optional[np.ndarray] = None
 
     def __len__(self) -> int:

@@ -1,5 +1,5 @@
-"""Heads that also see the next token (``next_token_input``): exact greedy output,
-the right token fed at every step, training, and their features."""
+"""Sequential heads (each head also sees the token before its target): exact
+greedy output, the right tokens fed at every step, training, and their features."""
 
 import dataclasses
 import json
@@ -14,7 +14,7 @@ from medusa_mlx.convert import main as convert_main
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.heads import load_heads, save_heads
 from medusa_mlx.model import attach_heads, split_backbone, wrap
-from medusa_mlx.train import TrainConfig, fresh_heads, medusa_loss, train
+from medusa_mlx.train import TrainConfig, fresh_heads, medusa_loss, teacher_tokens, train
 from medusa_mlx.train_data import IGNORE, TokenSequence, compute_features
 from medusa_mlx.evaluate import head_accuracy
 
@@ -36,33 +36,47 @@ def medusa_tokens(model, prompt, n, **kwargs):
 def test_greedy_token_identical(arch, tree):
     backbone = tiny_model(arch, seed=1)
     # Random (not zero) token weights: the heads' guesses really depend on the token.
-    model = attach_heads(backbone, num_heads=3, next_token_input=True, seed=2)
+    model = attach_heads(backbone, num_heads=3, sequential=True, seed=2)
     assert medusa_tokens(model, PROMPT, 120, tree=tree) == plain_greedy(backbone, PROMPT, 120)
 
 
-def test_heads_see_each_steps_root_token():
-    """The token embedded for the heads is, every step, the last token emitted."""
-    model = attach_heads(tiny_model("llama", seed=1), num_heads=3, next_token_input=True)
+def test_heads_see_each_steps_root_then_their_own_guesses():
+    """Every step, head 0 sees the last token emitted and head k the best guess
+    of head k-1, which is the depth-k token of the chain it proposes."""
+    model = attach_heads(tiny_model("llama", seed=1), num_heads=3, sequential=True)
     seen = []
 
     def recording_embed(ids):
         seen.append(int(ids.item()))
         return model.embed(ids)
 
-    steps = list(medusa_generate_step(PROMPT, dataclasses.replace(model, embed=recording_embed),
-                                      max_tokens=60, tree="tree-16"))
+    recording = dataclasses.replace(model, embed=recording_embed)
+    proposed = []
+    real_forward = recording.forward
+
+    def recording_forward(tokens, cache):
+        proposed.append(tokens[0].tolist())  # root + the chain's 3 guesses
+        return real_forward(tokens, cache)
+
+    recording.forward = recording_forward
+    steps = list(medusa_generate_step(PROMPT, recording, max_tokens=60, tree="chain-3"))
     roots = [step.tokens[-1] for step in steps[:-1]]
-    assert seen == roots and len(seen) > 5
+    assert [seen[i] for i in range(0, len(seen), 3)] == roots and len(roots) > 5
+    # Head k saw exactly the chain's token at depth k (root for k = 0).
+    assert [chain[:3] for chain in proposed[1:]] == [seen[i : i + 3]
+                                                     for i in range(0, len(seen), 3)]
 
 
 def test_heads_guesses_depend_on_the_token():
-    model = attach_heads(tiny_model("llama", seed=1), num_heads=2, next_token_input=True)
+    model = attach_heads(tiny_model("llama", seed=1), num_heads=2, sequential=True)
     hidden = mx.random.normal((64,), key=mx.random.key(0))
     a = model.head_logits(hidden, 2, mx.array(5))
     b = model.head_logits(hidden, 2, mx.array(6))
     assert not mx.allclose(a, b)
     with pytest.raises(ValueError, match="next_token"):
         model.head_logits(hidden, 2)
+    # Head 1 sees head 0's guess: a different guess changes head 1 as well.
+    assert not mx.allclose(a[1], b[1])
 
 
 @pytest.fixture(scope="module")
@@ -99,46 +113,69 @@ def test_features_record_the_next_token(features, sequences):
     assert np.array_equal(labels[:-1][ok], features.next_tokens[1:][ok])
 
 
-def test_step_zero_token_heads_equal_base_next_token_logits(backbone):
+def test_step_zero_sequential_heads_equal_base_next_token_logits(backbone):
     body, lm_head = split_backbone(backbone)
-    heads = fresh_heads(lm_head, 64, 128, TrainConfig(num_heads=2, next_token_input=True))
+    heads = fresh_heads(lm_head, 64, 128, TrainConfig(num_heads=2, sequential=True))
     hidden = body(mx.array([PROMPT]))[0]
-    embedding = body.embed_tokens(mx.array([1, 2, 3, 4, 5]))
-    logits = heads(hidden, lm_head, token_embedding=embedding)
+    tokens = mx.array([[1], [2], [3], [4], [5]])
+    logits = heads(hidden, lm_head, embed=body.embed_tokens, tokens=tokens)
     assert mx.allclose(logits[1], lm_head(hidden), atol=1e-5)
 
 
-def test_training_token_heads_lowers_loss_and_beats_plain_heads(backbone, features):
+def test_teacher_forcing_with_own_guesses_equals_inference(backbone):
+    """Fed the tokens they would guess themselves, teacher-forced heads give the
+    inference-mode logits: training and decoding run the same computation."""
+    model = attach_heads(backbone, num_heads=3, sequential=True, seed=5)
+    body, lm_head = model.body, model.lm_head
+    hidden = body(mx.array([PROMPT]))[0]
+    first = mx.array([[7], [8], [9], [10], [11]])
+    free = model.heads(hidden, lm_head, embed=body.embed_tokens, tokens=first)
+    guesses = mx.argmax(free[:2], axis=-1).T  # heads 0 and 1's best tokens, (5, 2)
+    forced = model.heads(hidden, lm_head, embed=body.embed_tokens,
+                         tokens=mx.concatenate([first, guesses], axis=1))
+    assert mx.allclose(free, forced, atol=1e-5)
+    other = mx.concatenate([first, (guesses + 1) % 128], axis=1)
+    assert not mx.allclose(free[1:], model.heads(hidden, lm_head, embed=body.embed_tokens,
+                                                 tokens=other)[1:])
+
+
+def test_teacher_tokens_are_the_next_token_then_earlier_heads_targets():
+    next_tokens = np.array([5, 6, 7])
+    labels = np.array([[6, 7], [7, IGNORE], [IGNORE, IGNORE]])
+    assert teacher_tokens(next_tokens, labels).tolist() == [[5, 6, 7], [6, 7, 0], [7, 0, 0]]
+
+
+def test_training_sequential_heads_lowers_loss_and_beats_plain_heads(backbone, features):
     body, lm_head = split_backbone(backbone)
     embed = body.embed_tokens
     results = {}
-    for token_input in (False, True):
+    for sequential in (False, True):
         config = TrainConfig(num_heads=2, steps=120, batch_size=64, learning_rate=3e-3,
-                             warmup_steps=5, next_token_input=token_input)
+                             warmup_steps=5, sequential=sequential)
         heads = fresh_heads(lm_head, 64, 128, config)
         history = train(heads, lm_head, features, config, show_progress=False, embed=embed)
         assert history[-1].loss < history[0].loss
-        results[token_input] = head_accuracy(heads, lm_head, features, embed=embed)["top1"]
+        results[sequential] = head_accuracy(heads, lm_head, features, embed=embed)["top1"]
     # Knowing token t+1 makes guessing t+2 easier: head 0 must do better with it.
     assert results[True][0] > results[False][0]
 
 
-def test_training_token_heads_needs_the_embedding(backbone, features):
+def test_training_sequential_heads_needs_the_embedding(backbone, features):
     _, lm_head = split_backbone(backbone)
-    config = TrainConfig(num_heads=2, steps=2, next_token_input=True)
+    config = TrainConfig(num_heads=2, steps=2, sequential=True)
     heads = fresh_heads(lm_head, 64, 128, config)
     with pytest.raises(ValueError, match="embed"):
         train(heads, lm_head, features, config, show_progress=False)
     x = mx.zeros((2, 64))
-    with pytest.raises(ValueError, match="token_embedding"):
+    with pytest.raises(ValueError, match="tokens"):
         medusa_loss(heads, lm_head, x, mx.array([[1, 2], [3, 4]]))
 
 
 def test_save_load_round_trip_and_vllm_export_refused(backbone, tmp_path, capsys):
-    model = attach_heads(backbone, num_heads=2, next_token_input=True, seed=4)
+    model = attach_heads(backbone, num_heads=2, sequential=True, seed=4)
     save_heads(tmp_path / "heads", model.heads)
     config = json.loads((tmp_path / "heads" / "config.json").read_text())
-    assert config["next_token_input"] is True
+    assert config["sequential_heads"] is True
     loaded = wrap(backbone, load_heads(tmp_path / "heads"))
     hidden = mx.ones((64,))
     assert mx.array_equal(loaded.head_logits(hidden, 2, mx.array(7)),
