@@ -15,14 +15,18 @@ if [[ $which == all || $which == stories260K ]]; then
     --num-heads 4 --num-layers 1 --steps 1500 --batch-size 512 --learning-rate 3e-3 \
     --warmup-steps 50 --checkpoint-every 500 --seed 0 --cache-dir "$CACHE" \
     --out medusa_mlx/heads/stories260K
+  rm -rf medusa_mlx/heads/stories260K/checkpoints   # training state, not part of the package
 fi
 
 if [[ $which == all || $which == smollm2 ]]; then
+  # 2033 template chat prompts (scripts/make_chat_prompts.py), answered by the model itself
+  # (~30 min on 2 CPU cores; answers are cached one by one, so an interrupted run resumes).
   python -m medusa_mlx.train --model smollm2 --data data/chat_prompts.jsonl \
-    --max-new-tokens 96 --held-out 0.1 --gen-batch-size 64 \
-    --num-heads 3 --num-layers 1 --shared-lm-head --loss-vocab observed --steps 600 --batch-size 128 \
-    --learning-rate 5e-4 --warmup-steps 20 --checkpoint-every 200 --seed 0 \
-    --cache-dir "$CACHE" --out medusa_mlx/heads/smollm2-135m-instruct
+    --max-new-tokens 192 --held-out 0.05 --gen-batch-size 128 \
+    --num-heads 4 --num-layers 1 --shared-lm-head --sequential-heads --loss-vocab observed \
+    --steps 3000 --batch-size 256 --learning-rate 1e-3 --warmup-steps 100 \
+    --checkpoint-every 500 --seed 0 --cache-dir "$CACHE" --out medusa_mlx/heads/smollm2-135m-instruct
+  rm -rf medusa_mlx/heads/smollm2-135m-instruct/checkpoints
   # Heads score only their training targets' tokens, then the tree is re-measured
   # for the cheaper heads. The run above just wrote the newest cache folder.
   features=$(ls -td "$CACHE"/*/ | head -1)

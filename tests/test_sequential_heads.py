@@ -183,3 +183,24 @@ def test_save_load_round_trip_and_vllm_export_refused(backbone, tmp_path, capsys
     assert convert_main([str(tmp_path / "heads"), "-o", str(tmp_path / "v"), "--to", "vllm"]) == 1
     assert "no vLLM equivalent" in capsys.readouterr().err
     assert not (tmp_path / "v").exists()
+
+
+def test_head_vocab_guesses_are_mapped_back_to_token_ids():
+    """With a head vocabulary the projection scores vocabulary slots; the guess a
+    sequential head passes on must be the token id, not the slot."""
+    from medusa_mlx.generate import heads_topk
+    from medusa_mlx.heads import HeadsArgs, init_heads
+
+    backbone = tiny_model("qwen2", seed=1)
+    vocab = list(range(1, 128, 3))
+    args = HeadsArgs(64, 128, num_heads=3, shared_lm_head=True, sequential=True,
+                     extra={"head_vocab": vocab})
+    model = wrap(backbone, init_heads(args, seed=2))
+    hidden = model.body(mx.array([PROMPT]))[0, -1]
+    full = model.heads(hidden, model.lm_head, 3, embed=model.embed, tokens=mx.array([4]))
+    guesses = [4] + [vocab[int(mx.argmax(full[k][mx.array(vocab)]))] for k in range(2)]
+    forced = model.heads(hidden, model.lm_head, 3, embed=model.embed, tokens=mx.array(guesses))
+    assert np.allclose(np.array(model.head_logits(hidden, 3, mx.array(4))),
+                       np.array(forced)[:, vocab], atol=1e-5)
+    assert set(np.array(heads_topk(model, hidden, 3, 5, 4)).ravel().tolist()) <= set(vocab)
+    assert medusa_tokens(model, PROMPT, 120, tree="tree-16") == plain_greedy(backbone, PROMPT, 120)
