@@ -42,11 +42,11 @@ def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int
             logits = heads(x, lm_head, embed=embed, tokens=tokens)  # (K, B, V)
         else:
             logits = heads(x, lm_head)
-        top = mx.argsort(-logits, axis=-1)[..., :ranks]
-        labels = mx.array(data.labels[b : b + batch_size, :K].T)[..., None]
-        hit = top == labels
-        rank = mx.where(hit.any(axis=-1), mx.argmax(hit, axis=-1), ranks)
-        out[:, b : b + batch_size] = np.array(rank)
+        labels = mx.array(np.maximum(data.labels[b : b + batch_size, :K].T, 0))[..., None]
+        # The label's rank is how many tokens score higher: no sort of the vocabulary.
+        label_logit = mx.take_along_axis(logits, labels, axis=-1)
+        rank = (logits > label_logit).sum(axis=-1)
+        out[:, b : b + batch_size] = np.minimum(np.array(rank), ranks)
     valid = data.labels[:, :K].T != IGNORE
     out[~valid] = ranks
     return out
