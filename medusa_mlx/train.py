@@ -330,6 +330,8 @@ def configure_parser() -> argparse.ArgumentParser:
                    help="'measure': choose the tree from held-out acceptance and this "
                         "machine's verification cost; a preset name; or 'none'")
     p.add_argument("--max-tree-nodes", type=int, default=64)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="weights as saved (float16 halves a shipped heads folder)")
     return p
 
 
@@ -405,6 +407,7 @@ def main(argv=None):
         from .tree import PRESETS
 
         heads.args.extra["tree"] = [list(p) for p in PRESETS[args.tree]]
+    heads.set_dtype(getattr(mx, args.dtype))
     save_heads(args.out, heads)
     console.print(f"saved heads to {args.out} ({time.perf_counter() - tic:.0f} s in all)")
 
