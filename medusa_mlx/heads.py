@@ -153,6 +153,16 @@ class MedusaHeads(nn.Module):
         return mx.stack(logits)
 
 
+def keep_heads(heads: MedusaHeads, count: int) -> MedusaHeads:
+    """The first ``count`` heads alone. Their logits do not change: plain heads
+    are independent, and a sequential head only depends on the heads before it."""
+    if not 1 <= count <= heads.num_heads:
+        raise ValueError(f"can keep 1 to {heads.num_heads} heads, not {count}")
+    heads.heads = heads.heads[:count]
+    heads.args.num_heads = count
+    return heads
+
+
 def init_heads(
     args: HeadsArgs,
     seed: int = 0,

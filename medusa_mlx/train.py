@@ -25,7 +25,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .heads import HeadsArgs, MedusaHeads, init_heads, load_heads, save_heads
+from .heads import HeadsArgs, MedusaHeads, init_heads, keep_heads, load_heads, save_heads
 from .train_data import IGNORE, MAX_LABEL_HEADS, DataConfig, Features
 
 CHECKPOINTS = "checkpoints"
@@ -330,6 +330,9 @@ def configure_parser() -> argparse.ArgumentParser:
                    help="'measure': choose the tree from held-out acceptance and this "
                         "machine's verification cost; a preset name; or 'none'")
     p.add_argument("--max-tree-nodes", type=int, default=64)
+    p.add_argument("--keep-heads", type=int, default=None,
+                   help="save only the first N heads (all --num-heads are trained; with "
+                        "sequential heads the first N are unaffected by the rest)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="weights as saved (float16 halves a shipped heads folder)")
     return p
@@ -375,6 +378,8 @@ def main(argv=None):
     history = train(heads, lm_head, dataset.train, config, out_dir=args.out,
                     resume=args.resume, embed=embed)
     train_seconds = time.perf_counter() - tic_train
+    if args.keep_heads is not None:  # before evaluation: the figures describe what is saved
+        keep_heads(heads, args.keep_heads)
 
     accuracy = head_accuracy(heads, lm_head, dataset.held_out, embed=embed)
     for k, (t1, t5) in enumerate(zip(accuracy["top1"], accuracy["top5"])):

@@ -25,7 +25,7 @@ if [[ $which == all || $which == smollm2 ]]; then
     --max-new-tokens 192 --held-out 0.05 --gen-batch-size 128 \
     --num-heads 4 --num-layers 1 --shared-lm-head --sequential-heads --loss-vocab observed \
     --steps 3000 --batch-size 256 --learning-rate 1e-3 --warmup-steps 100 \
-    --checkpoint-every 500 --seed 0 --dtype float16 --cache-dir "$CACHE" \
+    --checkpoint-every 500 --seed 0 --keep-heads 3 --dtype float16 --cache-dir "$CACHE" \
     --out medusa_mlx/heads/smollm2-135m-instruct
   rm -rf medusa_mlx/heads/smollm2-135m-instruct/checkpoints
   # Heads score only their training targets' tokens, then the tree is re-measured

@@ -204,3 +204,16 @@ def test_head_vocab_guesses_are_mapped_back_to_token_ids():
                        np.array(forced)[:, vocab], atol=1e-5)
     assert set(np.array(heads_topk(model, hidden, 3, 5, 4)).ravel().tolist()) <= set(vocab)
     assert medusa_tokens(model, PROMPT, 120, tree="tree-16") == plain_greedy(backbone, PROMPT, 120)
+
+
+def test_keep_heads_leaves_the_kept_heads_unchanged():
+    from medusa_mlx.heads import keep_heads
+
+    model = attach_heads(tiny_model("llama", seed=1), num_heads=4, sequential=True, seed=3)
+    hidden = mx.ones((64,))
+    before = model.head_logits(hidden, 4, mx.array(9))
+    keep_heads(model.heads, 3)
+    assert model.num_heads == 3 and model.heads.args.to_config()["medusa_num_heads"] == 3
+    assert mx.array_equal(model.head_logits(hidden, None, mx.array(9)), before[:3])
+    with pytest.raises(ValueError, match="keep 1 to 3"):
+        keep_heads(model.heads, 4)
