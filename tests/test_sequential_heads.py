@@ -8,14 +8,14 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx_lm.generate import generate_step
-from tiny_models import tiny_model
+from tiny_models import greedy_sequences, tiny_model
 
 from medusa_mlx.convert import main as convert_main
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.heads import load_heads, save_heads
 from medusa_mlx.model import attach_heads, split_backbone, wrap
 from medusa_mlx.train import TrainConfig, fresh_heads, medusa_loss, teacher_tokens, train
-from medusa_mlx.train_data import IGNORE, TokenSequence, compute_features
+from medusa_mlx.train_data import IGNORE, compute_features
 from medusa_mlx.evaluate import head_accuracy
 
 PROMPT = [3, 17, 42, 9, 88]
@@ -86,14 +86,7 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def sequences(backbone):
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(8):
-        tokens = rng.integers(0, 128, 4).tolist()
-        start = len(tokens) - 1
-        tokens += plain_greedy(backbone, tokens, 40)
-        out.append(TokenSequence(tokens, start))
-    return out
+    return greedy_sequences(backbone, 8)
 
 
 @pytest.fixture(scope="module")

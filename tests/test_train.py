@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from tiny_models import tiny_model
+from tiny_models import greedy_sequences, tiny_model
 
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.heads import HeadsArgs, init_heads, save_heads
@@ -21,7 +21,7 @@ from medusa_mlx.train import (
     medusa_loss,
     train,
 )
-from medusa_mlx.train_data import IGNORE, TokenSequence, compute_features, head_labels
+from medusa_mlx.train_data import IGNORE, compute_features, head_labels
 from medusa_mlx.tree import auto_tree, build_tree, resolve_tree
 from medusa_mlx.tree_search import CostModel, choose_tree, expected_length, grow_tree
 
@@ -34,16 +34,7 @@ def backbone():
 @pytest.fixture(scope="module")
 def features(backbone):
     """Greedy continuations of a few random prompts, as the trainer would build them."""
-    rng = np.random.default_rng(0)
-    body, lm_head = split_backbone(backbone)
-    sequences = []
-    for _ in range(6):
-        tokens = rng.integers(0, 128, 4).tolist()
-        start = len(tokens) - 1
-        for _ in range(40):
-            tokens.append(int(mx.argmax(lm_head(body(mx.array([tokens])))[0, -1])))
-        sequences.append(TokenSequence(tokens, start))
-    return compute_features(backbone, sequences)
+    return compute_features(backbone, greedy_sequences(backbone, 6))
 
 
 def test_head_labels_shift_by_two_plus_k():

@@ -44,3 +44,23 @@ def tiny_model(arch: str, seed: int = 0, quantize_bits: int = 0, **overrides) ->
         nn.quantize(model, group_size=32, bits=quantize_bits)
     mx.eval(model.parameters())
     return model
+
+
+def greedy_sequences(backbone: nn.Module, count: int, new_tokens: int = 40, seed: int = 0):
+    """Greedy continuations of ``count`` random 4-token prompts, as the trainer
+    builds its sequences (each next token is the argmax of a full forward)."""
+    import numpy as np
+
+    from medusa_mlx.model import split_backbone
+    from medusa_mlx.train_data import TokenSequence
+
+    rng = np.random.default_rng(seed)
+    body, lm_head = split_backbone(backbone)
+    sequences = []
+    for _ in range(count):
+        tokens = rng.integers(0, VOCAB, 4).tolist()
+        start = len(tokens) - 1
+        for _ in range(new_tokens):
+            tokens.append(int(mx.argmax(lm_head(body(mx.array([tokens])))[0, -1])))
+        sequences.append(TokenSequence(tokens, start))
+    return sequences
