@@ -25,11 +25,27 @@ RANKS = 10
 
 
 def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int = RANKS,
-               batch_size: int = 512, embed: Optional[Callable] = None) -> np.ndarray:
+               batch_size: int = 512, embed: Optional[Callable] = None,
+               vocab: Optional[np.ndarray] = None) -> np.ndarray:
     """(K, N) rank of the label among each head's logits, ``ranks`` if not in the
     top ``ranks`` (or no label). ``embed``: the backbone's token embedding, for
     sequential heads. They see ``data.next_tokens`` and then their own guesses,
-    exactly as in decoding (not the true tokens they were trained on)."""
+    exactly as in decoding (not the true tokens they were trained on).
+    ``vocab``: the heads' token ids when ``lm_head`` scores only those (a head
+    vocabulary); a label outside it can never be proposed, so it ranks ``ranks``."""
+    if vocab is not None:
+        slots = np.full(max(int(vocab.max()), int(data.labels.max())) + 1, IGNORE, np.int32)
+        slots[vocab] = np.arange(len(vocab), dtype=np.int32)
+        outside = (data.labels != IGNORE) & (slots[np.maximum(data.labels, 0)] == IGNORE)
+        labels = np.where(data.labels == IGNORE, IGNORE, slots[np.maximum(data.labels, 0)])
+        rank = _label_ranks(heads, lm_head, Features(data.hidden, labels, data.next_tokens),
+                            ranks, batch_size, embed, mx.array(vocab))
+        rank[outside[:, : heads.num_heads].T] = ranks
+        return rank
+    return _label_ranks(heads, lm_head, data, ranks, batch_size, embed, None)
+
+
+def _label_ranks(heads, lm_head, data, ranks, batch_size, embed, vocab) -> np.ndarray:
     K = heads.num_heads
     sequential = heads.args.sequential
     if sequential and (embed is None or data.next_tokens is None):
@@ -39,7 +55,7 @@ def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int
         x = mx.array(data.hidden[b : b + batch_size]).astype(mx.float32)
         if sequential:
             tokens = mx.array(data.next_tokens[b : b + batch_size])[:, None]
-            logits = heads(x, lm_head, embed=embed, tokens=tokens)  # (K, B, V)
+            logits = heads(x, lm_head, embed=embed, tokens=tokens, vocab=vocab)  # (K, B, V)
         else:
             logits = heads(x, lm_head)
         labels = mx.array(np.maximum(data.labels[b : b + batch_size, :K].T, 0))[..., None]

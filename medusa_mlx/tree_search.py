@@ -235,7 +235,11 @@ def choose_tree_for(model, held_out, max_nodes: int = 64) -> TreeChoice:
     """Measure acceptance on ``held_out`` features and cost on this machine."""
     from .evaluate import head_ranks
 
-    rank = head_ranks(model.heads, model.lm_head, held_out, embed=model.embed)
+    if model.head_vocab is None:
+        rank = head_ranks(model.heads, model.lm_head, held_out, embed=model.embed)
+    else:  # the heads can only propose head-vocabulary tokens: score them as decoding does
+        rank = head_ranks(model.heads, model.head_projection, held_out, embed=model.embed,
+                          vocab=np.array(model.head_vocab))
     return choose_tree(rank, measure_cost(model), max_nodes, sequence_ends(held_out.labels))
 
 

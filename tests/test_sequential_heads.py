@@ -210,3 +210,32 @@ def test_keep_heads_leaves_the_kept_heads_unchanged():
     assert mx.array_equal(model.head_logits(hidden, None, mx.array(9)), before[:3])
     with pytest.raises(ValueError, match="keep 1 to 3"):
         keep_heads(model.heads, 4)
+
+
+def test_ranks_with_a_head_vocabulary_score_what_decoding_can_propose(backbone, features):
+    """With a head vocabulary, a label outside it can never be proposed (rank =
+    the cap); inside it, its rank is among the vocabulary's tokens only, and the
+    heads pass each other token ids, not vocabulary slots."""
+    from medusa_mlx.evaluate import head_ranks
+    from medusa_mlx.heads import HeadsArgs, init_heads
+
+    vocab = np.arange(0, 128, 2)
+    args = HeadsArgs(64, 128, num_heads=2, shared_lm_head=True, sequential=True,
+                     extra={"head_vocab": vocab.tolist()})
+    model = wrap(backbone, init_heads(args, seed=6))
+    rank = head_ranks(model.heads, model.head_projection, features, embed=model.embed,
+                      vocab=vocab)
+    labels = features.labels[:, :2].T
+    outside = (labels != IGNORE) & (labels % 2 == 1)
+    assert outside.any() and (rank[outside] == 10).all()
+    # Inside: the label's rank among the logits decoding computes (model.head_logits).
+    checked = 0
+    for t in np.nonzero((labels[0] != IGNORE) & (labels[0] % 2 == 0))[0][:30]:
+        logits = np.array(model.head_logits(mx.array(features.hidden[t]).astype(mx.float32), 2,
+                                            mx.array(int(features.next_tokens[t]))))
+        for k in range(2):
+            if labels[k, t] != IGNORE and labels[k, t] % 2 == 0:
+                slot = labels[k, t] // 2
+                assert rank[k, t] == min((logits[k] > logits[k, slot]).sum(), 10)
+                checked += k
+    assert checked > 5  # head 1 (which sees head 0's guess) was checked too
