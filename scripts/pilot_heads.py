@@ -1,0 +1,112 @@
+"""Quick head-training pilots on a subset of a SmolLM2 training cache (the README's
+"500-chat pilot" figures). Not part of the library: a record of how they were made.
+
+    python scripts/pilot_heads.py --cache out/cache/<key> --variant hard|soft|two-blocks
+
+<key> is the folder `scripts/train_shipped_heads.sh smollm2` fills (features-*.npz and
+sequences-*.jsonl holding labelled positions only, as written before whole-sequence
+features). Trains 4 sequential heads on --chats random training chats for --steps steps
+of 1024 random positions (lr 1e-3, 20 warm-up steps, cosine), then prints held-out
+top-1 / top-5 with each head fed its predecessor's own guess.
+  hard        the shipped recipe (cross-entropy against the base model's greedy tokens)
+  soft        cross-entropy against the base model's whole distribution at that position
+  two-blocks  two residual blocks per head
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import medusa_mlx  # noqa: F401  (OpenBLAS preload before mlx.core)
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from medusa_mlx.evaluate import head_accuracy
+from medusa_mlx.model import split_backbone
+from medusa_mlx.train import (TrainConfig, fresh_heads, lm_head_weight, make_optimizer,
+                              medusa_loss, teacher_tokens)
+from medusa_mlx.train_data import IGNORE, load_backbone, load_features, load_sequences
+
+K, HIDDEN, VOCAB, BATCH = 4, 576, 49152, 1024
+
+
+def sequence_offsets(cache: Path, split: str) -> np.ndarray:
+    """Boundaries of each sequence's labelled positions (features are stored shortest first)."""
+    seqs = load_sequences(cache / f"sequences-{split}.jsonl")
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].tokens))
+    return np.concatenate([[0], np.cumsum([len(seqs[i].tokens) - seqs[i].start for i in order])])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--variant", choices=["hard", "soft", "two-blocks"], default="hard")
+    p.add_argument("--chats", type=int, default=500)
+    p.add_argument("--steps", type=int, default=300)
+    args = p.parse_args()
+
+    train = load_features(args.cache / "features-train.npz")
+    held_out = load_features(args.cache / "features-held_out.npz")
+    offsets = sequence_offsets(args.cache, "train")
+    picked = np.sort(np.random.default_rng(0).choice(len(offsets) - 1, args.chats, replace=False))
+    positions = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in picked])
+
+    backbone, _ = load_backbone("smollm2")
+    body, lm_head = split_backbone(backbone)
+    config = TrainConfig(num_heads=K, num_layers=2 if args.variant == "two-blocks" else 1,
+                         shared_lm_head=True, sequential=True, steps=args.steps,
+                         learning_rate=1e-3, warmup_steps=20)
+    heads = fresh_heads(lm_head, HIDDEN, VOCAB, config)
+
+    labels = train.labels[:, :K]
+    tokens = teacher_tokens(train.next_tokens, labels[:, : K - 1])
+    observed = np.unique(labels[positions][labels[positions] != IGNORE])
+    weight = lm_head_weight(lm_head, HIDDEN)[mx.array(observed)]
+    project = lambda x: x @ weight.T  # noqa: E731  (softmax over the pilot's label tokens)
+    renumber = np.full(VOCAB, IGNORE, np.int32)
+    renumber[observed] = np.arange(len(observed))
+    labels = np.where(labels == IGNORE, IGNORE, renumber[np.maximum(labels, 0)])
+
+    def soft_loss(h, x, y, t, teacher_hidden):
+        # Head k's teacher: the base model's distribution at position t+1+k (argmax = label).
+        logits = h(x, project, embed=body.embed_tokens, tokens=t)
+        total, correct, counts = mx.array(0.0), [], []
+        for k in range(K):
+            valid = y[:, k] != IGNORE
+            target = mx.softmax(project(teacher_hidden[k]), axis=-1)
+            ce = -(target * nn.log_softmax(logits[k], axis=-1)).sum(-1) * valid
+            total = total + 0.8**k * ce.sum() / mx.maximum(valid.sum(), 1)
+            hit = mx.argmax(logits[k], -1) == mx.where(valid, y[:, k], 0)
+            correct.append((hit * valid).sum())
+            counts.append(valid.sum())
+        return total, (mx.stack(correct), mx.stack(counts))
+
+    def hard_loss(h, x, y, t, _):
+        return medusa_loss(h, project, x, y, 0.8, body.embed_tokens, t)
+
+    loss_and_grad = nn.value_and_grad(heads, soft_loss if args.variant == "soft" else hard_loss)
+    optimizer = make_optimizer(config)
+    tic = time.time()
+    for step in range(args.steps):
+        idx = np.random.default_rng([0, step]).choice(positions, BATCH, replace=False)
+        x = mx.array(train.hidden[idx]).astype(mx.float32)
+        teacher = None
+        if args.variant == "soft":
+            rows = [np.minimum(idx + 1 + k, len(train) - 1) for k in range(K)]
+            teacher = mx.array(np.stack([train.hidden[r] for r in rows])).astype(mx.float32)
+        (loss, (c, n)), grads = loss_and_grad(heads, x, mx.array(labels[idx]),
+                                              mx.array(tokens[idx]), teacher)
+        optimizer.update(heads, grads)
+        mx.eval(heads.parameters(), optimizer.state, loss)
+        if (step + 1) % 50 == 0:
+            acc = np.array(c) / np.maximum(np.array(n), 1)
+            print(step + 1, round(loss.item(), 3), acc.round(3), f"{time.time() - tic:.0f}s",
+                  flush=True)
+    acc = head_accuracy(heads, lm_head, held_out, embed=body.embed_tokens)
+    print(f"{args.variant}: {len(positions)} positions, held-out top-1 {acc['top1']} "
+          f"top-5 {acc['top5']}")
+
+
+if __name__ == "__main__":
+    main()
