@@ -11,7 +11,6 @@ Training runs on cached hidden states: the backbone never runs in the loop.
 """
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -23,13 +22,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
 
-from .heads import HeadsArgs, MedusaHeads, init_heads, keep_heads, load_heads, save_heads
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .heads import HeadsArgs, MedusaHeads, init_heads, keep_heads, save_heads
 from .train_data import IGNORE, MAX_LABEL_HEADS, DataConfig, Features
-
-CHECKPOINTS = "checkpoints"
-
 
 @dataclass
 class TrainConfig:
@@ -124,35 +120,6 @@ def make_optimizer(config: TrainConfig) -> optim.Optimizer:
     else:
         schedule = cosine
     return optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
-
-
-# ---------------------------------------------------------------------------
-# checkpoints
-
-
-def save_checkpoint(out_dir: Path, heads: MedusaHeads, optimizer, step: int) -> Path:
-    path = Path(out_dir) / CHECKPOINTS / f"step-{step:06d}"
-    save_heads(path, heads)
-    mx.save_safetensors(str(path / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    (path / "trainer.json").write_text(json.dumps({"step": step}) + "\n")
-    return path
-
-
-def latest_checkpoint(out_dir: Path) -> Optional[Path]:
-    found = sorted((Path(out_dir) / CHECKPOINTS).glob("step-*"))
-    found = [p for p in found if (p / "trainer.json").exists()]
-    return found[-1] if found else None
-
-
-def load_checkpoint(path: Path, heads: MedusaHeads, optimizer) -> int:
-    """Restore heads and optimizer state in place; return the step reached."""
-    saved = load_heads(path)
-    heads.update(saved.parameters())
-    optimizer.init(heads.trainable_parameters())
-    state = mx.load(str(path / "optimizer.safetensors"))
-    optimizer.state = tree_unflatten(list(state.items()))
-    mx.eval(heads.parameters(), optimizer.state)
-    return json.loads((path / "trainer.json").read_text())["step"]
 
 
 # ---------------------------------------------------------------------------
@@ -306,6 +273,10 @@ def configure_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=512)
     p.add_argument("--max-records", type=int, default=None)
     p.add_argument("--gen-batch-size", type=int, default=32)
+    p.add_argument("--samples-per-prompt", type=int, default=0,
+                   help="also train on N answers per training prompt sampled at --sample-temp "
+                        "(more varied text; labels stay the base model's argmax)")
+    p.add_argument("--sample-temp", type=float, default=0.7)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "medusa-mlx" / "train"))
     p.add_argument("--num-heads", type=int, default=4)
     p.add_argument("--num-layers", type=int, default=1)
@@ -356,7 +327,8 @@ def main(argv=None):
                              prompt_tokens=args.prompt_tokens,
                              max_new_tokens=args.max_new_tokens, max_seq_len=args.max_seq_len,
                              max_records=args.max_records, batch_size=args.gen_batch_size,
-                             seed=args.seed)
+                             seed=args.seed, samples_per_prompt=args.samples_per_prompt,
+                             sample_temp=args.sample_temp)
     dataset = prepare(backbone, tokenizer, args.model, data_config, args.cache_dir,
                       log=console.print)
     data_seconds = time.perf_counter() - tic

@@ -28,6 +28,7 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
+from .answers import AnswerCache, generate_batched
 from .model import split_backbone
 
 MAX_LABEL_HEADS = 8  # label columns stored per position (heads trained <= this)
@@ -53,6 +54,11 @@ class DataConfig:
     max_records: Optional[int] = None
     batch_size: int = 32  # generation / feature batch
     seed: int = 0
+    # Extra answers per training prompt, sampled at ``sample_temp``: more varied
+    # text for the same prompts. Labels stay the base model's argmax at every
+    # position, which is what greedy acceptance needs. Held-out answers stay greedy.
+    samples_per_prompt: int = 0
+    sample_temp: float = 0.7
 
 
 @dataclass
@@ -152,74 +158,11 @@ def text_ids(tokenizer, text: str) -> list[int]:
 # sequences
 
 
-def generate_batched(model, prompts: list, max_new_tokens: int, eos_ids, batch_size: int,
-                     on_done=None) -> list[list[int]]:
-    """Greedy continuations of every prompt, ``batch_size`` at a time (mlx-lm's
-    continuous batching; one-at-a-time decoding is ~10x slower on a CPU).
-    The EOS token that ends an answer is kept: heads learn to predict it too.
-    ``on_done(i, tokens)`` is called as soon as prompt i's answer is complete."""
-    from mlx_lm.generate import BatchGenerator
-
-    gen = BatchGenerator(
-        model,
-        max_tokens=max_new_tokens,
-        stop_tokens=[[t] for t in eos_ids],
-        completion_batch_size=batch_size,
-        prefill_batch_size=min(batch_size, 8),
-    )
-    uids = gen.insert(prompts, [max_new_tokens] * len(prompts))
-    index = {uid: i for i, uid in enumerate(uids)}
-    out = {uid: [] for uid in uids}
-    try:
-        while responses := gen.next_generated():
-            for r in responses:
-                out[r.uid].append(r.token)
-                if r.finish_reason is not None and on_done is not None:
-                    on_done(index[r.uid], out[r.uid])
-    finally:
-        gen.close()
-    return [out[uid] for uid in uids]
-
-
-class AnswerCache:
-    """The base model's answers on disk, one JSON line each, appended as soon as
-    each answer is complete: an interrupted run resumes where it stopped, and
-    another split, record limit or head setting reuses every answer already made.
-    Keyed by the prompt's token ids and the token budget (greedy is deterministic)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.answers = {}
-        if self.path.exists():
-            text = self.path.read_text()
-            if text and not text.endswith("\n"):
-                # A killed run left half a line: end it, so new answers start clean.
-                with self.path.open("a") as f:
-                    f.write("\n")
-            for line in text.splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by an interrupted run
-                    continue
-                self.answers[row["key"]] = row["tokens"]
-
-    @staticmethod
-    def key(prompt: list, limit: int) -> str:
-        return hashlib.sha256(json.dumps([prompt, limit]).encode()).hexdigest()[:24]
-
-    def get(self, prompt: list, limit: int) -> Optional[list]:
-        return self.answers.get(self.key(prompt, limit))
-
-    def put(self, prompt: list, limit: int, tokens: list) -> None:
-        key = self.key(prompt, limit)
-        self.answers[key] = list(tokens)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps({"key": key, "tokens": list(tokens)}) + "\n")
-
-
 def build_sequences(model, tokenizer, records: list, config: DataConfig,
-                    progress=None, answers: Optional[AnswerCache] = None) -> list[TokenSequence]:
+                    progress=None, answers: Optional[AnswerCache] = None,
+                    sample: Optional[int] = None) -> list[TokenSequence]:
+    """The base model's answer to every record: greedy, or with ``sample=i`` the
+    i-th answer sampled at ``config.sample_temp`` (cached apart from the others)."""
     mode = config.mode
     if mode == "text":
         sequences = []
@@ -234,9 +177,15 @@ def build_sequences(model, tokenizer, records: list, config: DataConfig,
     prompts = [prompt_ids(tokenizer, r, config.prompt_tokens) for r in records]
     budget = [max(1, min(config.max_new_tokens, config.max_seq_len - len(p))) for p in prompts]
     continuations: list = [None] * len(prompts)
+    variant, sampler = "", None
+    if sample is not None:
+        from mlx_lm.sample_utils import make_sampler
+
+        variant, sampler = f"temp={config.sample_temp}#{sample}", make_sampler(config.sample_temp)
+        mx.random.seed(config.seed * 1000 + sample)
     if answers is not None:
         for i, (p, b) in enumerate(zip(prompts, budget)):
-            continuations[i] = answers.get(p, b)
+            continuations[i] = answers.get(p, b, variant)
             if continuations[i] is not None and progress is not None:
                 progress()
     # Similar budgets batch together; one generate call per budget keeps it simple.
@@ -247,12 +196,12 @@ def build_sequences(model, tokenizer, records: list, config: DataConfig,
 
         def done(j, tokens, idx=idx, limit=limit):
             if answers is not None:
-                answers.put(prompts[idx[j]], limit, tokens)
+                answers.put(prompts[idx[j]], limit, tokens, variant)
             if progress is not None:
                 progress()
 
         outs = generate_batched(model, [prompts[i] for i in idx], limit,
-                                tokenizer.eos_token_ids, config.batch_size, done)
+                                tokenizer.eos_token_ids, config.batch_size, done, sampler)
         for i, o in zip(idx, outs):
             continuations[i] = o
     return [TokenSequence(p + c, len(p) - 1) for p, c in zip(prompts, continuations)]
@@ -328,6 +277,9 @@ def cache_key(model_spec: str, config: DataConfig) -> str:
     digest.update(str(model_spec).encode())
     fields = asdict(config)
     fields.pop("batch_size")  # does not change the data
+    if not config.samples_per_prompt:  # keys made before sampled answers existed stay valid
+        fields.pop("samples_per_prompt")
+        fields.pop("sample_temp")
     fields["files"] = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in config.files]
     digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()[:16]
@@ -389,10 +341,13 @@ def prepare(model, tokenizer, model_spec: str, config: DataConfig, cache_root,
             sequences = load_sequences(seq_path)
             log(f"{split}: {len(sequences)} sequences from cache {seq_path}")
         else:
+            samples = config.samples_per_prompt if split == "train" else 0
             sequences = _with_progress(
-                f"{split}: base model answers", len(split_records_),
-                lambda p: build_sequences(model, tokenizer, split_records_, config,
-                                          progress=lambda: p(1), answers=answers),
+                f"{split}: base model answers", len(split_records_) * (1 + samples),
+                lambda p: [s for i in [None, *range(samples)]
+                           for s in build_sequences(model, tokenizer, split_records_, config,
+                                                    progress=lambda: p(1), answers=answers,
+                                                    sample=i)],
             )
             save_sequences(seq_path, sequences)
         features[split] = _with_progress(

@@ -1,5 +1,6 @@
 """Medusa head training on a tiny random model (fast)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -228,3 +229,48 @@ def test_answer_cache_resumes_and_skips_generation(backbone, tmp_path, monkeypat
     td.build_sequences(backbone, Tok(), records, config,
                        answers=td.AnswerCache(tmp_path / "answers.jsonl"))
     assert generated == []
+
+
+def test_sampled_answers_add_varied_training_text(backbone, tmp_path, monkeypatch):
+    """--samples-per-prompt: each training prompt also gets N sampled answers,
+    cached apart from the greedy one and from each other; held-out stays greedy."""
+    import medusa_mlx.train_data as td
+
+    class Tok:
+        eos_token_ids = [0]
+        bos_token_id = None
+
+        def encode(self, text, add_special_tokens=True):
+            return [int(w) for w in text.split()]
+
+    data = tmp_path / "docs.txt"
+    data.write_text("\n\n".join(f"{i + 1} {i + 7} {i + 3} 5" for i in range(10)) + "\n")
+    config = td.DataConfig(files=[str(data)], mode="generate", prompt_tokens=4,
+                           max_new_tokens=12, batch_size=4, held_out=0.2,
+                           samples_per_prompt=2, sample_temp=1.0)
+    records = td.read_records([data])[:4]
+    cache = td.AnswerCache(tmp_path / "answers.jsonl")
+    greedy = td.build_sequences(backbone, Tok(), records, config, answers=cache)
+    drawn = [td.build_sequences(backbone, Tok(), records, config, answers=cache, sample=i)
+             for i in range(2)]
+    assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 12
+    for a, b, c in zip(greedy, *drawn):
+        assert a.tokens[:4] == b.tokens[:4] == c.tokens[:4] and a.start == b.start == 3
+    assert [s.tokens for s in drawn[0]] != [s.tokens for s in greedy]
+    assert [s.tokens for s in drawn[0]] != [s.tokens for s in drawn[1]]
+
+    monkeypatch.setattr(td, "generate_batched", lambda *a, **k: pytest.fail("regenerated"))
+    again = td.build_sequences(backbone, Tok(), records, config, sample=1,
+                               answers=td.AnswerCache(tmp_path / "answers.jsonl"))
+    assert [s.tokens for s in again] == [s.tokens for s in drawn[1]]
+    monkeypatch.undo()
+
+    dataset = td.prepare(backbone, Tok(), "tiny", config, tmp_path / "cache", log=lambda *a: None)
+    rows = {split: (dataset.cache_dir / f"sequences-{split}.jsonl").read_text().splitlines()
+            for split in ("train", "held_out")}
+    assert len(rows["train"]) == 3 * 8 and len(rows["held_out"]) == 2
+    assert len({json.dumps(json.loads(r)["tokens"]) for r in rows["train"]}) > 8
+    # Without sampling, the cache key is the one older runs made.
+    plain = dataclasses.replace(config, samples_per_prompt=0, sample_temp=0.5)
+    assert td.cache_key("m", plain) == td.cache_key("m", dataclasses.replace(plain, sample_temp=0.7))
+    assert td.cache_key("m", plain) != td.cache_key("m", config)
