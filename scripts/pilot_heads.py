@@ -8,6 +8,8 @@ sequences-*.jsonl holding labelled positions only, as written before whole-seque
 features). Trains 4 sequential heads on --chats random training chats for --steps steps
 of 1024 random positions (lr 1e-3, 20 warm-up steps, cosine), then prints held-out
 top-1 / top-5 with each head fed its predecessor's own guess.
+--sampled adds one answer per picked chat sampled at temperature 0.7 (generated, or read
+from the training answer cache under the key `train --samples-per-prompt` uses).
   hard        the shipped recipe (cross-entropy against the base model's greedy tokens)
   soft        cross-entropy against the base model's whole distribution at that position
   two-blocks  two residual blocks per head
@@ -26,7 +28,9 @@ from medusa_mlx.evaluate import head_accuracy
 from medusa_mlx.model import split_backbone
 from medusa_mlx.train import (TrainConfig, fresh_heads, lm_head_weight, make_optimizer,
                               medusa_loss, teacher_tokens)
-from medusa_mlx.train_data import IGNORE, load_backbone, load_features, load_sequences
+from medusa_mlx.train_data import (IGNORE, AnswerCache, Features, TokenSequence,
+                                   compute_features, generate_batched, load_backbone,
+                                   load_features, load_sequences)
 
 K, HIDDEN, VOCAB, BATCH = 4, 576, 49152, 1024
 
@@ -38,12 +42,38 @@ def sequence_offsets(cache: Path, split: str) -> np.ndarray:
     return np.concatenate([[0], np.cumsum([len(seqs[i].tokens) - seqs[i].start for i in order])])
 
 
+def with_sampled_answers(backbone, tokenizer, cache, train, positions, picked):
+    """``train`` restricted to ``positions`` plus one sampled answer per picked chat."""
+    from mlx_lm.sample_utils import make_sampler
+
+    seqs = load_sequences(cache / "sequences-train.jsonl")
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].tokens))
+    prompts = [seqs[order[i]].tokens[: seqs[order[i]].start + 1] for i in picked]
+    key = __import__("hashlib").sha256(b"smollm2").hexdigest()[:16]
+    answers = AnswerCache(cache.parent / f"answers-{key}.jsonl")
+    variant, limit = "temp=0.7#0", 192  # what train --samples-per-prompt 1 caches
+    missing = [p for p in prompts if answers.get(p, limit, variant) is None]
+    if missing:
+        mx.random.seed(0)
+        generate_batched(backbone, missing, limit, tokenizer.eos_token_ids, 128,
+                         lambda j, t: answers.put(missing[j], limit, t, variant),
+                         make_sampler(0.7))
+    sampled = [TokenSequence(p + answers.get(p, limit, variant), len(p) - 1) for p in prompts]
+    extra = compute_features(backbone, sampled)
+    print(f"sampled answers: {len(sampled)} chats, {len(extra)} positions", flush=True)
+    pool = Features(np.concatenate([train.hidden[positions], extra.hidden]),
+                    np.concatenate([train.labels[positions], extra.labels]),
+                    np.concatenate([train.next_tokens[positions], extra.next_tokens]))
+    return pool, np.arange(len(pool))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--variant", choices=["hard", "soft", "two-blocks"], default="hard")
     p.add_argument("--chats", type=int, default=500)
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--sampled", action="store_true")
     args = p.parse_args()
 
     train = load_features(args.cache / "features-train.npz")
@@ -52,8 +82,11 @@ def main():
     picked = np.sort(np.random.default_rng(0).choice(len(offsets) - 1, args.chats, replace=False))
     positions = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in picked])
 
-    backbone, _ = load_backbone("smollm2")
+    backbone, tokenizer = load_backbone("smollm2")
     body, lm_head = split_backbone(backbone)
+    if args.sampled:
+        train, positions = with_sampled_answers(backbone, tokenizer, args.cache, train, positions,
+                                                picked)
     config = TrainConfig(num_heads=K, num_layers=2 if args.variant == "two-blocks" else 1,
                          shared_lm_head=True, sequential=True, steps=args.steps,
                          learning_rate=1e-3, warmup_steps=20)
