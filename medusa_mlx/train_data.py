@@ -164,6 +164,8 @@ def build_sequences(model, tokenizer, records: list, config: DataConfig,
     """The base model's answer to every record: greedy, or with ``sample=i`` the
     i-th answer sampled at ``config.sample_temp`` (cached apart from the others)."""
     mode = config.mode
+    if mode == "text" and sample is not None:
+        raise ValueError("--samples-per-prompt needs answers the model writes (--mode generate)")
     if mode == "text":
         sequences = []
         for r in records:

@@ -270,6 +270,9 @@ def test_sampled_answers_add_varied_training_text(backbone, tmp_path, monkeypatc
             for split in ("train", "held_out")}
     assert len(rows["train"]) == 3 * 8 and len(rows["held_out"]) == 2
     assert len({json.dumps(json.loads(r)["tokens"]) for r in rows["train"]}) > 8
+    with pytest.raises(ValueError, match="samples-per-prompt"):  # text is not sampled
+        td.build_sequences(backbone, Tok(), records, dataclasses.replace(config, mode="text"),
+                           sample=0)
     # Without sampling, the cache key is the one older runs made.
     plain = dataclasses.replace(config, samples_per_prompt=0, sample_temp=0.5)
     assert td.cache_key("m", plain) == td.cache_key("m", dataclasses.replace(plain, sample_temp=0.7))
