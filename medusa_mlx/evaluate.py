@@ -34,14 +34,13 @@ def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int
     ``vocab``: the heads' token ids when ``lm_head`` scores only those (a head
     vocabulary); a label outside it can never be proposed, so it ranks ``ranks``."""
     if vocab is not None:
+        # Labels become vocabulary slots; one outside the vocabulary becomes IGNORE,
+        # which ranks ``ranks`` like a position without a label.
         slots = np.full(max(int(vocab.max()), int(data.labels.max())) + 1, IGNORE, np.int32)
         slots[vocab] = np.arange(len(vocab), dtype=np.int32)
-        outside = (data.labels != IGNORE) & (slots[np.maximum(data.labels, 0)] == IGNORE)
         labels = np.where(data.labels == IGNORE, IGNORE, slots[np.maximum(data.labels, 0)])
-        rank = _label_ranks(heads, lm_head, Features(data.hidden, labels, data.next_tokens),
+        return _label_ranks(heads, lm_head, Features(data.hidden, labels, data.next_tokens),
                             ranks, batch_size, embed, mx.array(vocab))
-        rank[outside[:, : heads.num_heads].T] = ranks
-        return rank
     return _label_ranks(heads, lm_head, data, ranks, batch_size, embed, None)
 
 

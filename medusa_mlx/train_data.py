@@ -158,6 +158,17 @@ def text_ids(tokenizer, text: str) -> list[int]:
 # sequences
 
 
+def sample_variant(temp: float, index: int) -> str:
+    """The answer cache's name for the ``index``-th answer sampled at ``temp``."""
+    return f"temp={temp}#{index}"
+
+
+def answer_cache_path(cache_root, model_spec: str) -> Path:
+    """One answers file per base model, shared by every data configuration."""
+    model_key = hashlib.sha256(str(model_spec).encode()).hexdigest()[:16]
+    return Path(cache_root) / f"answers-{model_key}.jsonl"
+
+
 def build_sequences(model, tokenizer, records: list, config: DataConfig,
                     progress=None, answers: Optional[AnswerCache] = None,
                     sample: Optional[int] = None) -> list[TokenSequence]:
@@ -183,7 +194,8 @@ def build_sequences(model, tokenizer, records: list, config: DataConfig,
     if sample is not None:
         from mlx_lm.sample_utils import make_sampler
 
-        variant, sampler = f"temp={config.sample_temp}#{sample}", make_sampler(config.sample_temp)
+        variant = sample_variant(config.sample_temp, sample)
+        sampler = make_sampler(config.sample_temp)
         mx.random.seed(config.seed * 1000 + sample)
     if answers is not None:
         for i, (p, b) in enumerate(zip(prompts, budget)):
@@ -328,8 +340,7 @@ def prepare(model, tokenizer, model_spec: str, config: DataConfig, cache_root,
     train_records, held_records = split_records(records, config.held_out, config.seed)
     cache_dir = Path(cache_root) / cache_key(model_spec, config)
     held_prompts = [prompt_ids(tokenizer, r, config.prompt_tokens) for r in held_records]
-    model_key = hashlib.sha256(str(model_spec).encode()).hexdigest()[:16]
-    answers = AnswerCache(Path(cache_root) / f"answers-{model_key}.jsonl")
+    answers = AnswerCache(answer_cache_path(cache_root, model_spec))
     features = {}
     for split, split_records_ in (("train", train_records), ("held_out", held_records)):
         feat_path = cache_dir / f"features-{split}.npz"

@@ -29,8 +29,8 @@ from medusa_mlx.model import split_backbone
 from medusa_mlx.train import (TrainConfig, fresh_heads, lm_head_weight, make_optimizer,
                               medusa_loss, teacher_tokens)
 from medusa_mlx.train_data import (IGNORE, AnswerCache, Features, TokenSequence,
-                                   compute_features, generate_batched, load_backbone,
-                                   load_features, load_sequences)
+                                   answer_cache_path, compute_features, generate_batched,
+                                   load_backbone, load_features, load_sequences, sample_variant)
 
 K, HIDDEN, VOCAB, BATCH = 4, 576, 49152, 1024
 
@@ -49,9 +49,8 @@ def with_sampled_answers(backbone, tokenizer, cache, train, positions, picked):
     seqs = load_sequences(cache / "sequences-train.jsonl")
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].tokens))
     prompts = [seqs[order[i]].tokens[: seqs[order[i]].start + 1] for i in picked]
-    key = __import__("hashlib").sha256(b"smollm2").hexdigest()[:16]
-    answers = AnswerCache(cache.parent / f"answers-{key}.jsonl")
-    variant, limit = "temp=0.7#0", 192  # what train --samples-per-prompt 1 caches
+    answers = AnswerCache(answer_cache_path(cache.parent, "smollm2"))
+    variant, limit = sample_variant(0.7, 0), 192  # what train --samples-per-prompt 1 caches
     missing = [p for p in prompts if answers.get(p, limit, variant) is None]
     if missing:
         mx.random.seed(0)
