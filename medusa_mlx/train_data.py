@@ -21,7 +21,7 @@ Both steps are cached on disk, keyed by the model, the data files and the option
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -59,6 +59,10 @@ class DataConfig:
     # position, which is what greedy acceptance needs. Held-out answers stay greedy.
     samples_per_prompt: int = 0
     sample_temp: float = 0.7
+    # Training-only files: all their records train. The held-out split comes from
+    # ``files`` alone, so adding data never changes what is measured, and the
+    # features of ``files`` are reused from their own cache.
+    extra_files: list = field(default_factory=list)
 
 
 @dataclass
@@ -238,6 +242,13 @@ class Features:
     def __len__(self) -> int:
         return self.hidden.shape[0]
 
+    @staticmethod
+    def concat(parts: list) -> "Features":
+        nexts = [p.next_tokens for p in parts]
+        return Features(np.concatenate([p.hidden for p in parts]),
+                        np.concatenate([p.labels for p in parts]),
+                        None if any(n is None for n in nexts) else np.concatenate(nexts))
+
 
 def head_labels(targets: list, start: int, num_heads: int = MAX_LABEL_HEADS) -> np.ndarray:
     """``targets[j]`` is the token the base model puts at position j. Returns
@@ -294,6 +305,8 @@ def cache_key(model_spec: str, config: DataConfig) -> str:
     if not config.samples_per_prompt:  # keys made before sampled answers existed stay valid
         fields.pop("samples_per_prompt")
         fields.pop("sample_temp")
+    if not config.extra_files:  # likewise for keys made before extra files existed
+        fields.pop("extra_files")
     fields["files"] = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in config.files]
     digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()[:16]
@@ -326,7 +339,7 @@ def load_features(path: Path) -> Features:
 @dataclass
 class Dataset:
     train: Features
-    held_out: Features
+    held_out: Optional[Features]  # None when no record is held out
     held_out_prompts: list  # token ids of held-out prompts (for acceptance tests)
     cache_dir: Path
 
@@ -334,6 +347,14 @@ class Dataset:
 def prepare(model, tokenizer, model_spec: str, config: DataConfig, cache_root,
             log=print) -> Dataset:
     """Sequences and features for both splits, from the cache when present."""
+    if config.extra_files:
+        base = prepare(model, tokenizer, model_spec, replace(config, extra_files=[]),
+                       cache_root, log)
+        extra = prepare(model, tokenizer, model_spec,
+                        replace(config, files=list(config.extra_files), extra_files=[],
+                                held_out=0.0, max_records=None), cache_root, log)
+        return Dataset(Features.concat([base.train, extra.train]), base.held_out,
+                       base.held_out_prompts, base.cache_dir)
     records = read_records(config.files)
     if config.max_records is not None:
         records = records[: config.max_records]
@@ -343,6 +364,9 @@ def prepare(model, tokenizer, model_spec: str, config: DataConfig, cache_root,
     answers = AnswerCache(answer_cache_path(cache_root, model_spec))
     features = {}
     for split, split_records_ in (("train", train_records), ("held_out", held_records)):
+        if not split_records_:  # an extra-files run has no held-out split of its own
+            features[split] = None
+            continue
         feat_path = cache_dir / f"features-{split}.npz"
         seq_path = cache_dir / f"sequences-{split}.jsonl"
         cached = load_features(feat_path) if feat_path.exists() else None

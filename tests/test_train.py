@@ -277,3 +277,46 @@ def test_sampled_answers_add_varied_training_text(backbone, tmp_path, monkeypatc
     plain = dataclasses.replace(config, samples_per_prompt=0, sample_temp=0.5)
     assert td.cache_key("m", plain) == td.cache_key("m", dataclasses.replace(plain, sample_temp=0.7))
     assert td.cache_key("m", plain) != td.cache_key("m", config)
+
+
+def test_extra_data_trains_without_moving_the_held_out_split(backbone, tmp_path, monkeypatch):
+    """--extra-data: every extra record trains; the held-out split, and the cached
+    features of --data, are exactly those of a run without it."""
+    import medusa_mlx.train_data as td
+
+    class Tok:
+        eos_token_ids = [0]
+        bos_token_id = None
+
+        def encode(self, text, add_special_tokens=True):
+            return [int(w) for w in text.split()]
+
+    docs, more = tmp_path / "docs.txt", tmp_path / "more.txt"
+    docs.write_text("\n\n".join(f"{i + 1} {i + 7} {i + 3} 5" for i in range(10)) + "\n")
+    more.write_text("\n\n".join(f"{i + 2} 9 {i + 4} 6" for i in range(4)) + "\n")
+    config = td.DataConfig(files=[str(docs)], mode="generate", prompt_tokens=4,
+                           max_new_tokens=12, batch_size=4, held_out=0.2)
+    quiet = dict(log=lambda *a: None)
+    base = td.prepare(backbone, Tok(), "tiny", config, tmp_path / "cache", **quiet)
+
+    generated = []
+    real = td.generate_batched
+
+    def counting(model, prompts, *args, **kwargs):
+        generated.extend(prompts)
+        return real(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(td, "generate_batched", counting)
+    both = td.prepare(backbone, Tok(), "tiny", dataclasses.replace(config, extra_files=[str(more)]),
+                      tmp_path / "cache", **quiet)
+    assert sorted(generated) == sorted([[i + 2, 9, i + 4, 6] for i in range(4)])
+    assert both.cache_dir == base.cache_dir
+    np.testing.assert_array_equal(both.held_out.hidden, base.held_out.hidden)
+    assert both.held_out_prompts == base.held_out_prompts
+    assert len(both.train) == len(base.train) + 4 * 13  # 4 answers of 12 tokens + last prompt token
+    np.testing.assert_array_equal(both.train.hidden[: len(base.train)], base.train.hidden)
+    assert both.train.next_tokens.shape == (len(both.train),)
+    # Keys made before extra files existed stay valid; adding files makes a new one.
+    plain = td.cache_key("m", config)
+    assert plain == td.cache_key("m", dataclasses.replace(config, extra_files=[]))
+    assert plain != td.cache_key("m", dataclasses.replace(config, extra_files=[str(more)]))
