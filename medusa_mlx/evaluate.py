@@ -68,9 +68,11 @@ def _label_ranks(heads, lm_head, data, ranks, batch_size, embed, vocab) -> np.nd
 
 
 def head_accuracy(heads: MedusaHeads, lm_head: Callable, data: Features,
-                  ranks: int = RANKS, embed: Optional[Callable] = None) -> dict:
-    """Per head: top-1, top-5 and per-rank accuracy on positions with a label."""
-    rank = head_ranks(heads, lm_head, data, ranks, embed=embed)
+                  ranks: int = RANKS, embed: Optional[Callable] = None,
+                  vocab: Optional[np.ndarray] = None) -> dict:
+    """Per head: top-1, top-5 and per-rank accuracy on positions with a label
+    (with ``vocab``, as in ``head_ranks``: among a head vocabulary's tokens)."""
+    rank = head_ranks(heads, lm_head, data, ranks, embed=embed, vocab=vocab)
     valid = (data.labels[:, : heads.num_heads].T != IGNORE)
     n = np.maximum(valid.sum(axis=1), 1)
     per_rank = [[float(((rank[k] == i) & valid[k]).sum() / n[k]) for i in range(ranks)]

@@ -10,11 +10,7 @@ head predicts exactly what the base model predicts for the next token.
 Training runs on cached hidden states: the backbone never runs in the loop.
 """
 
-import argparse
-import shlex
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,8 +20,8 @@ import mlx.optimizers as optim
 import numpy as np
 
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from .heads import HeadsArgs, MedusaHeads, init_heads, keep_heads, save_heads
-from .train_data import IGNORE, MAX_LABEL_HEADS, DataConfig, Features
+from .heads import HeadsArgs, MedusaHeads, init_heads
+from .train_data import IGNORE, MAX_LABEL_HEADS, Features
 
 @dataclass
 class TrainConfig:
@@ -251,142 +247,11 @@ class _progress:
             self.bar.__exit__(*exc)
 
 
-# ---------------------------------------------------------------------------
-# CLI
-
-
-def configure_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train Medusa heads on a frozen MLX model.")
-    p.add_argument("--model", required=True,
-                   help="llama2.c .bin, .gguf, 'smollm2', or an mlx-lm model path / hub id")
-    p.add_argument("--data", nargs="+", required=True,
-                   help="plain-text files (documents separated by blank lines) or JSONL "
-                        "of {prompt|messages|text}")
-    p.add_argument("--out", required=True, help="output heads folder")
-    p.add_argument("--mode", default="auto", choices=["auto", "generate", "text"],
-                   help="generate: the base model answers/continues every record; "
-                        "text: teacher forcing on the text itself")
-    p.add_argument("--held-out", type=float, default=0.1)
-    p.add_argument("--prompt-tokens", type=int, default=16,
-                   help="text records: prompt length when generating continuations")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--max-seq-len", type=int, default=512)
-    p.add_argument("--max-records", type=int, default=None)
-    p.add_argument("--gen-batch-size", type=int, default=32)
-    p.add_argument("--samples-per-prompt", type=int, default=0,
-                   help="also train on N answers per training prompt sampled at --sample-temp "
-                        "(more varied text; labels stay the base model's argmax)")
-    p.add_argument("--sample-temp", type=float, default=0.7)
-    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "medusa-mlx" / "train"))
-    p.add_argument("--num-heads", type=int, default=4)
-    p.add_argument("--num-layers", type=int, default=1)
-    p.add_argument("--shared-lm-head", action="store_true",
-                   help="reuse the base lm_head (Medusa v2 style, small files)")
-    p.add_argument("--sequential-heads", action="store_true",
-                   help="head k also sees the token before its target (the committed token, "
-                        "then the previous head's guess): more accurate; a medusa-mlx "
-                        "extension that torch Medusa and vLLM cannot load")
-    p.add_argument("--loss-vocab", default="full", choices=["full", "observed"],
-                   help="observed: softmax over label tokens only (needs --shared-lm-head)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tree", default="measure",
-                   help="'measure': choose the tree from held-out acceptance and this "
-                        "machine's verification cost; a preset name; or 'none'")
-    p.add_argument("--max-tree-nodes", type=int, default=64)
-    p.add_argument("--keep-heads", type=int, default=None,
-                   help="save only the first N heads (all --num-heads are trained; with "
-                        "sequential heads the first N are unaffected by the rest)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="weights as saved (float16 halves a shipped heads folder)")
-    return p
-
-
 def main(argv=None):
-    from rich.console import Console
+    """``python -m medusa_mlx.train`` / ``medusa-train``: see ``train_cli``."""
+    from .train_cli import main as cli_main
 
-    from .model import split_backbone
-    from .train_data import load_backbone, prepare
-    from .tree_search import choose_tree_for
-    from .evaluate import head_accuracy
-
-    args = configure_parser().parse_args(argv)
-    console = Console()
-    tic = time.perf_counter()
-    mx.random.seed(args.seed)
-    backbone, tokenizer = load_backbone(args.model)
-    body, lm_head = split_backbone(backbone)
-    data_config = DataConfig(files=args.data, mode=args.mode, held_out=args.held_out,
-                             prompt_tokens=args.prompt_tokens,
-                             max_new_tokens=args.max_new_tokens, max_seq_len=args.max_seq_len,
-                             max_records=args.max_records, batch_size=args.gen_batch_size,
-                             seed=args.seed, samples_per_prompt=args.samples_per_prompt,
-                             sample_temp=args.sample_temp)
-    dataset = prepare(backbone, tokenizer, args.model, data_config, args.cache_dir,
-                      log=console.print)
-    data_seconds = time.perf_counter() - tic
-    config = TrainConfig(num_heads=args.num_heads, num_layers=args.num_layers,
-                         shared_lm_head=args.shared_lm_head,
-                         sequential=args.sequential_heads, steps=args.steps,
-                         batch_size=args.batch_size, grad_accum=args.grad_accum,
-                         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-                         weight_decay=args.weight_decay,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed,
-                         loss_vocab=args.loss_vocab)
-    hidden_size = dataset.train.hidden.shape[1]
-    vocab = lm_head(mx.zeros((1, hidden_size))).shape[-1]
-    heads = fresh_heads(lm_head, hidden_size, vocab, config)
-    console.print(f"training {config.num_heads} heads x {config.num_layers} layers on "
-                  f"{len(dataset.train)} positions ({args.steps} steps)")
-    tic_train = time.perf_counter()
-    embed = getattr(body, "embed_tokens", None)
-    history = train(heads, lm_head, dataset.train, config, out_dir=args.out,
-                    resume=args.resume, embed=embed)
-    train_seconds = time.perf_counter() - tic_train
-    if args.keep_heads is not None:  # before evaluation: the figures describe what is saved
-        keep_heads(heads, args.keep_heads)
-
-    accuracy = head_accuracy(heads, lm_head, dataset.held_out, embed=embed)
-    for k, (t1, t5) in enumerate(zip(accuracy["top1"], accuracy["top5"])):
-        console.print(f"held-out head {k}: top-1 {t1:.3f}  top-5 {t5:.3f}")
-    extra = {
-        "base_model": args.model,
-        "training": {
-            "command": "python -m medusa_mlx.train " + shlex.join(argv or sys.argv[1:]),
-            "config": asdict(config),
-            "data": {k: v for k, v in asdict(data_config).items() if k != "batch_size"},
-            "train_positions": len(dataset.train),
-            "data_seconds": round(data_seconds, 1),
-            "train_seconds": round(train_seconds, 1),
-            "final_loss": history[-1].loss if history else None,
-        },
-        "held_out_accuracy": accuracy,
-    }
-    heads.args.extra.update(extra)
-    if args.tree == "measure":
-        from .model import wrap
-
-        choice = choose_tree_for(wrap(backbone, heads), dataset.held_out,
-                                 max_nodes=args.max_tree_nodes)
-        heads.args.extra["tree"] = [list(p) for p in choice.paths]
-        heads.args.extra["tree_choice"] = choice.summary()
-        console.print(f"tree: {len(choice.paths)} nodes, expected {choice.expected_length:.2f} "
-                      f"tokens/step at {choice.relative_cost:.2f}x a plain step "
-                      f"-> {choice.speedup:.2f}x (estimate)")
-    elif args.tree != "none":
-        from .tree import PRESETS
-
-        heads.args.extra["tree"] = [list(p) for p in PRESETS[args.tree]]
-    heads.set_dtype(getattr(mx, args.dtype))
-    save_heads(args.out, heads)
-    console.print(f"saved heads to {args.out} ({time.perf_counter() - tic:.0f} s in all)")
+    cli_main(argv)
 
 
 if __name__ == "__main__":

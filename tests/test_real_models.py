@@ -109,3 +109,33 @@ def test_cli_overlong_prompt(shared_dir):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "does not fit the model's context of 512 tokens" in result.stderr
+
+
+def test_train_cli_end_to_end_on_stories260k(shared_dir, tmp_path):
+    """python -m medusa_mlx.train on a real model: extra training-only data, a head
+    vocabulary and a measured tree land in a folder that loads and decodes exactly."""
+    import json
+
+    from medusa_mlx.train import main as train_main
+
+    docs = (shared_dir / "data" / "tinystories_val.txt").read_text().split("\n\n")[:40]
+    (tmp_path / "main.txt").write_text("\n\n".join(docs[:30]))
+    (tmp_path / "extra.txt").write_text("\n\n".join(docs[30:]))
+    out = tmp_path / "heads"
+    train_main(["--model", str(shared_dir / "data" / "stories260K.bin"),
+                "--data", str(tmp_path / "main.txt"), "--extra-data", str(tmp_path / "extra.txt"),
+                "--mode", "generate", "--max-new-tokens", "24", "--held-out", "0.2",
+                "--num-heads", "2", "--shared-lm-head", "--sequential-heads",
+                "--steps", "4", "--batch-size", "64", "--checkpoint-every", "4",
+                "--head-vocab", "64", "--dtype", "float16", "--cache-dir", str(tmp_path / "cache"),
+                "--out", str(out)])
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["head_vocab"]) == 64 and config["tree"]
+    assert config["training"]["data"]["extra_files"] == [str(tmp_path / "extra.txt")]
+    # 24 main records train (6 held out) and all 10 extra ones: 25 positions each.
+    assert config["training"]["train_positions"] == (24 + 10) * 25
+    assert len(config["held_out_accuracy"]["top1"]) == 2
+    model, tokenizer = load(str(shared_dir / "data" / "stories260K.bin"), medusa=str(out))
+    assert model.head_vocab is not None and model.head_vocab.shape == (64,)
+    prompt = tokenizer.encode("Tom had a red kite.")
+    assert medusa(model, prompt, 60, "auto") == plain(model.backbone, prompt, 60)
