@@ -40,7 +40,9 @@ class TrainConfig:
     seed: int = 0
     # "observed": with a shared lm_head, normalise the loss over the tokens that
     # occur as labels only (a few thousand of SmolLM2's 49152): ~10x cheaper steps
-    # on a CPU; evaluation still uses the whole vocabulary.
+    # on a CPU. "head": over the heads' own head vocabulary (``head_vocab`` in
+    # their config), the only tokens decoding lets them propose; labels outside
+    # it are skipped.
     loss_vocab: str = "full"
 
 
@@ -152,8 +154,10 @@ def train(heads: MedusaHeads, lm_head: Callable, data: Features, config: TrainCo
     hidden_all, labels_all = data.hidden, data.labels[:, :K]
     if sequential:  # true token ids, before restrict_vocab renumbers the labels
         tokens_all = teacher_tokens(data.next_tokens, labels_all[:, : K - 1])
-    if config.loss_vocab == "observed":
-        lm_head, labels_all = restrict_vocab(lm_head, labels_all, heads.args)
+    if config.loss_vocab in ("observed", "head"):
+        lm_head, labels_all = restrict_vocab(lm_head, labels_all, heads.args, config.loss_vocab)
+    elif config.loss_vocab != "full":
+        raise ValueError(f"unknown loss_vocab {config.loss_vocab!r}")
     history = []
     with _progress(show_progress, config.steps, start) as advance:
         for step in range(start, config.steps):
@@ -184,12 +188,19 @@ def train(heads: MedusaHeads, lm_head: Callable, data: Features, config: TrainCo
     return history
 
 
-def restrict_vocab(lm_head: Callable, labels: np.ndarray, args: HeadsArgs):
-    """A projection onto the label tokens only, and labels renumbered to match."""
+def restrict_vocab(lm_head: Callable, labels: np.ndarray, args: HeadsArgs,
+                   kind: str = "observed"):
+    """A projection onto the label tokens only (``observed``) or onto the heads'
+    head vocabulary (``head``), and labels renumbered to match."""
     if not args.shared_lm_head:
-        raise ValueError("loss_vocab='observed' needs shared_lm_head (own projections "
+        raise ValueError(f"loss_vocab={kind!r} needs shared_lm_head (own projections "
                          "would only be trained on part of their rows)")
-    observed = np.unique(labels[labels != IGNORE])
+    if kind == "head":
+        if not args.extra.get("head_vocab"):
+            raise ValueError("loss_vocab='head' needs heads with a head_vocab")
+        observed = np.array(args.extra["head_vocab"], dtype=np.int64)
+    else:
+        observed = np.unique(labels[labels != IGNORE])
     weight = lm_head_weight(lm_head, args.hidden_size)[mx.array(observed)]
     mx.eval(weight)
     renumber = np.full(args.vocab_size, IGNORE, dtype=np.int32)

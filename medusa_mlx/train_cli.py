@@ -55,8 +55,9 @@ def configure_parser() -> argparse.ArgumentParser:
                    help="head k also sees the token before its target (the committed token, "
                         "then the previous head's guess): more accurate; a medusa-mlx "
                         "extension that torch Medusa and vLLM cannot load")
-    p.add_argument("--loss-vocab", default="full", choices=["full", "observed"],
-                   help="observed: softmax over label tokens only (needs --shared-lm-head)")
+    p.add_argument("--loss-vocab", default="full", choices=["full", "observed", "head"],
+                   help="observed: softmax over label tokens only; head: over the --head-vocab "
+                        "tokens only, the ones decoding can propose (both need --shared-lm-head)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -103,6 +104,8 @@ def main(argv=None):
                              sample_temp=args.sample_temp, extra_files=args.extra_data)
     if args.head_vocab and not args.shared_lm_head:
         raise SystemExit("--head-vocab needs --shared-lm-head")
+    if args.loss_vocab == "head" and not args.head_vocab:
+        raise SystemExit("--loss-vocab head needs --head-vocab N")
     if args.held_out <= 0 and args.tree == "measure":
         raise SystemExit("--tree measure needs held-out data (--held-out > 0), "
                          "or pass --tree PRESET / none")
@@ -120,6 +123,12 @@ def main(argv=None):
     hidden_size = dataset.train.hidden.shape[1]
     vocab = lm_head(mx.zeros((1, hidden_size))).shape[-1]
     heads = fresh_heads(lm_head, hidden_size, vocab, config)
+    vocab_ids = None
+    if args.head_vocab:  # chosen up front: --loss-vocab head trains on exactly these tokens
+        from .head_vocab import choose_head_vocab
+
+        vocab_ids = np.array(choose_head_vocab(dataset.train.labels, args.head_vocab))
+        heads.args.extra["head_vocab"] = vocab_ids.tolist()
     console.print(f"training {config.num_heads} heads x {config.num_layers} layers on "
                   f"{len(dataset.train)} positions ({args.steps} steps)")
     tic_train = time.perf_counter()
@@ -131,13 +140,11 @@ def main(argv=None):
     if args.keep_heads is not None:
         keep_heads(heads, args.keep_heads)
     heads.set_dtype(getattr(mx, args.dtype))
-    projection, vocab_ids = lm_head, None
-    if args.head_vocab:
-        from .head_vocab import choose_head_vocab, coverage
+    projection = lm_head
+    if vocab_ids is not None:
+        from .head_vocab import coverage
         from .model import wrap
 
-        vocab_ids = np.array(choose_head_vocab(dataset.train.labels, args.head_vocab))
-        heads.args.extra["head_vocab"] = vocab_ids.tolist()
         projection = wrap(backbone, heads).head_projection
         if dataset.held_out is not None:
             console.print(f"head vocabulary: {len(vocab_ids)} tokens, held-out label coverage "

@@ -127,7 +127,7 @@ def test_train_cli_end_to_end_on_stories260k(shared_dir, tmp_path):
                 "--mode", "generate", "--max-new-tokens", "24", "--held-out", "0.2",
                 "--num-heads", "2", "--shared-lm-head", "--sequential-heads",
                 "--steps", "4", "--batch-size", "64", "--checkpoint-every", "4",
-                "--head-vocab", "64", "--dtype", "float16", "--cache-dir", str(tmp_path / "cache"),
+                "--head-vocab", "64", "--loss-vocab", "head", "--dtype", "float16", "--cache-dir", str(tmp_path / "cache"),
                 "--out", str(out)])
     config = json.loads((out / "config.json").read_text())
     assert len(config["head_vocab"]) == 64 and config["tree"]

@@ -184,6 +184,34 @@ def test_observed_vocab_loss_trains_shared_heads(backbone, features):
     assert after.item() < before.item()
 
 
+def test_head_vocab_loss_scores_only_the_head_vocabulary(backbone, features):
+    """loss_vocab='head': the softmax runs over the heads' head_vocab tokens in
+    their order, and a label outside it is skipped rather than mislabelled."""
+    from medusa_mlx.train import restrict_vocab
+
+    _, lm_head = split_backbone(backbone)
+    config = TrainConfig(num_heads=2, shared_lm_head=True, steps=30, batch_size=64,
+                         learning_rate=3e-3, warmup_steps=3, loss_vocab="head")
+    heads = fresh_heads(lm_head, 64, 128, config)
+    with pytest.raises(ValueError, match="head_vocab"):
+        train(heads, lm_head, features, config, show_progress=False)
+    ids, counts = np.unique(features.labels[features.labels >= 0], return_counts=True)
+    vocab = sorted(ids[np.argsort(-counts)[:20]].tolist())
+    heads.args.extra["head_vocab"] = vocab
+    projection, labels = restrict_vocab(lm_head, features.labels[:, :2], heads.args, "head")
+    x = mx.array(features.hidden[:5]).astype(mx.float32)
+    np.testing.assert_allclose(np.array(projection(x)), np.array(lm_head(x))[:, vocab], atol=1e-4)
+    inside = np.isin(features.labels[:, :2], vocab)
+    assert (labels[~inside] == IGNORE).all()
+    assert (np.array(vocab)[labels[inside]] == features.labels[:, :2][inside]).all()
+
+    y_slots = mx.array(labels)
+    before, _ = medusa_loss(heads, projection, mx.array(features.hidden).astype(mx.float32), y_slots)
+    train(heads, lm_head, features, config, show_progress=False)
+    after, _ = medusa_loss(heads, projection, mx.array(features.hidden).astype(mx.float32), y_slots)
+    assert after.item() < before.item()
+
+
 def test_answer_cache_resumes_and_skips_generation(backbone, tmp_path, monkeypatch):
     """Answers are saved one by one as they finish; a later run (another split or
     an interrupted one) generates only what is missing, and a line cut short by
