@@ -91,6 +91,13 @@ def main(argv=None):
     from .evaluate import head_accuracy
 
     args = configure_parser().parse_args(argv)
+    if args.head_vocab and not args.shared_lm_head:
+        raise SystemExit("--head-vocab needs --shared-lm-head")
+    if args.loss_vocab == "head" and not args.head_vocab:
+        raise SystemExit("--loss-vocab head needs --head-vocab N")
+    if args.held_out <= 0 and args.tree == "measure":
+        raise SystemExit("--tree measure needs held-out data (--held-out > 0), "
+                         "or pass --tree PRESET / none")
     console = Console()
     tic = time.perf_counter()
     mx.random.seed(args.seed)
@@ -102,13 +109,6 @@ def main(argv=None):
                              max_records=args.max_records, batch_size=args.gen_batch_size,
                              seed=args.seed, samples_per_prompt=args.samples_per_prompt,
                              sample_temp=args.sample_temp, extra_files=args.extra_data)
-    if args.head_vocab and not args.shared_lm_head:
-        raise SystemExit("--head-vocab needs --shared-lm-head")
-    if args.loss_vocab == "head" and not args.head_vocab:
-        raise SystemExit("--loss-vocab head needs --head-vocab N")
-    if args.held_out <= 0 and args.tree == "measure":
-        raise SystemExit("--tree measure needs held-out data (--held-out > 0), "
-                         "or pass --tree PRESET / none")
     dataset = prepare(backbone, tokenizer, args.model, data_config, args.cache_dir,
                       log=console.print)
     data_seconds = time.perf_counter() - tic
