@@ -243,7 +243,7 @@ def make_prompts(seed: int = 0, count: int = 2400) -> list[str]:
     return unique[:count]
 
 
-def make_extra_prompts(seed: int = 1, count: int = 3000) -> list[str]:
+def make_extra_prompts(seed: int = 1, count: int = 2508) -> list[str]:
     """Every template on the new lists, plus the new templates on the old lists,
     minus anything make_prompts() already made."""
     rng = random.Random(seed)
