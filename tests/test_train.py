@@ -27,6 +27,30 @@ from medusa_mlx.tree import auto_tree, build_tree, resolve_tree
 from medusa_mlx.tree_search import CostModel, choose_tree, expected_length, grow_tree
 
 
+class WordTokenizer:
+    """Token ids written as words: "3 7 5" -> [3, 7, 5]; 0 is EOS."""
+
+    eos_token_ids = [0]
+    bos_token_id = None
+
+    def encode(self, text, add_special_tokens=True):
+        return [int(w) for w in text.split()]
+
+
+def count_generated_prompts(monkeypatch) -> list:
+    """Record every prompt the data pipeline sends to the model from now on."""
+    import medusa_mlx.train_data as td
+
+    generated, real = [], td.generate_batched
+
+    def counting(model, prompts, *args, **kwargs):
+        generated.extend(prompts)
+        return real(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(td, "generate_batched", counting)
+    return generated
+
+
 @pytest.fixture(scope="module")
 def backbone():
     return tiny_model("llama", seed=3)
@@ -218,18 +242,11 @@ def test_answer_cache_resumes_and_skips_generation(backbone, tmp_path, monkeypat
     a kill is ignored."""
     import medusa_mlx.train_data as td
 
-    class Tok:
-        eos_token_ids = [0]
-        bos_token_id = None
-
-        def encode(self, text):
-            return [int(w) for w in text.split()]
-
     records = [td.Record(text=f"{i + 1} {i + 7} {i + 3} 5") for i in range(5)]
     config = td.DataConfig(files=[], mode="generate", prompt_tokens=4, max_new_tokens=12,
                            batch_size=4)
     cache = td.AnswerCache(tmp_path / "answers.jsonl")
-    first = td.build_sequences(backbone, Tok(), records, config, answers=cache)
+    first = td.build_sequences(backbone, WordTokenizer(), records, config, answers=cache)
     assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 5
     # The same answers as plain greedy decoding (no EOS in a random model's 12 tokens).
     body, lm_head = split_backbone(backbone)
@@ -241,20 +258,13 @@ def test_answer_cache_resumes_and_skips_generation(backbone, tmp_path, monkeypat
     # Drop two answers and cut the last line short, as a killed run would leave it.
     lines = (tmp_path / "answers.jsonl").read_text().splitlines()
     (tmp_path / "answers.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
-    generated = []
-    real = td.generate_batched
-
-    def counting(model, prompts, *args, **kwargs):
-        generated.extend(prompts)
-        return real(model, prompts, *args, **kwargs)
-
-    monkeypatch.setattr(td, "generate_batched", counting)
-    again = td.build_sequences(backbone, Tok(), records, config,
+    generated = count_generated_prompts(monkeypatch)
+    again = td.build_sequences(backbone, WordTokenizer(), records, config,
                                answers=td.AnswerCache(tmp_path / "answers.jsonl"))
     assert [s.tokens for s in again] == [s.tokens for s in first]
     assert len(generated) == 2
     generated.clear()
-    td.build_sequences(backbone, Tok(), records, config,
+    td.build_sequences(backbone, WordTokenizer(), records, config,
                        answers=td.AnswerCache(tmp_path / "answers.jsonl"))
     assert generated == []
 
@@ -264,13 +274,6 @@ def test_sampled_answers_add_varied_training_text(backbone, tmp_path, monkeypatc
     cached apart from the greedy one and from each other; held-out stays greedy."""
     import medusa_mlx.train_data as td
 
-    class Tok:
-        eos_token_ids = [0]
-        bos_token_id = None
-
-        def encode(self, text, add_special_tokens=True):
-            return [int(w) for w in text.split()]
-
     data = tmp_path / "docs.txt"
     data.write_text("\n\n".join(f"{i + 1} {i + 7} {i + 3} 5" for i in range(10)) + "\n")
     config = td.DataConfig(files=[str(data)], mode="generate", prompt_tokens=4,
@@ -278,8 +281,8 @@ def test_sampled_answers_add_varied_training_text(backbone, tmp_path, monkeypatc
                            samples_per_prompt=2, sample_temp=1.0)
     records = td.read_records([data])[:4]
     cache = td.AnswerCache(tmp_path / "answers.jsonl")
-    greedy = td.build_sequences(backbone, Tok(), records, config, answers=cache)
-    drawn = [td.build_sequences(backbone, Tok(), records, config, answers=cache, sample=i)
+    greedy = td.build_sequences(backbone, WordTokenizer(), records, config, answers=cache)
+    drawn = [td.build_sequences(backbone, WordTokenizer(), records, config, answers=cache, sample=i)
              for i in range(2)]
     assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 12
     for a, b, c in zip(greedy, *drawn):
@@ -288,18 +291,18 @@ def test_sampled_answers_add_varied_training_text(backbone, tmp_path, monkeypatc
     assert [s.tokens for s in drawn[0]] != [s.tokens for s in drawn[1]]
 
     monkeypatch.setattr(td, "generate_batched", lambda *a, **k: pytest.fail("regenerated"))
-    again = td.build_sequences(backbone, Tok(), records, config, sample=1,
+    again = td.build_sequences(backbone, WordTokenizer(), records, config, sample=1,
                                answers=td.AnswerCache(tmp_path / "answers.jsonl"))
     assert [s.tokens for s in again] == [s.tokens for s in drawn[1]]
     monkeypatch.undo()
 
-    dataset = td.prepare(backbone, Tok(), "tiny", config, tmp_path / "cache", log=lambda *a: None)
+    dataset = td.prepare(backbone, WordTokenizer(), "tiny", config, tmp_path / "cache", log=lambda *a: None)
     rows = {split: (dataset.cache_dir / f"sequences-{split}.jsonl").read_text().splitlines()
             for split in ("train", "held_out")}
     assert len(rows["train"]) == 3 * 8 and len(rows["held_out"]) == 2
     assert len({json.dumps(json.loads(r)["tokens"]) for r in rows["train"]}) > 8
     with pytest.raises(ValueError, match="samples-per-prompt"):  # text is not sampled
-        td.build_sequences(backbone, Tok(), records, dataclasses.replace(config, mode="text"),
+        td.build_sequences(backbone, WordTokenizer(), records, dataclasses.replace(config, mode="text"),
                            sample=0)
     # Without sampling, the cache key is the one older runs made.
     plain = dataclasses.replace(config, samples_per_prompt=0, sample_temp=0.5)
@@ -312,30 +315,16 @@ def test_extra_data_trains_without_moving_the_held_out_split(backbone, tmp_path,
     features of --data, are exactly those of a run without it."""
     import medusa_mlx.train_data as td
 
-    class Tok:
-        eos_token_ids = [0]
-        bos_token_id = None
-
-        def encode(self, text, add_special_tokens=True):
-            return [int(w) for w in text.split()]
-
     docs, more = tmp_path / "docs.txt", tmp_path / "more.txt"
     docs.write_text("\n\n".join(f"{i + 1} {i + 7} {i + 3} 5" for i in range(10)) + "\n")
     more.write_text("\n\n".join(f"{i + 2} 9 {i + 4} 6" for i in range(4)) + "\n")
     config = td.DataConfig(files=[str(docs)], mode="generate", prompt_tokens=4,
                            max_new_tokens=12, batch_size=4, held_out=0.2)
     quiet = dict(log=lambda *a: None)
-    base = td.prepare(backbone, Tok(), "tiny", config, tmp_path / "cache", **quiet)
+    base = td.prepare(backbone, WordTokenizer(), "tiny", config, tmp_path / "cache", **quiet)
 
-    generated = []
-    real = td.generate_batched
-
-    def counting(model, prompts, *args, **kwargs):
-        generated.extend(prompts)
-        return real(model, prompts, *args, **kwargs)
-
-    monkeypatch.setattr(td, "generate_batched", counting)
-    both = td.prepare(backbone, Tok(), "tiny", dataclasses.replace(config, extra_files=[str(more)]),
+    generated = count_generated_prompts(monkeypatch)
+    both = td.prepare(backbone, WordTokenizer(), "tiny", dataclasses.replace(config, extra_files=[str(more)]),
                       tmp_path / "cache", **quiet)
     assert sorted(generated) == sorted([[i + 2, 9, i + 4, 6] for i in range(4)])
     assert both.cache_dir == base.cache_dir
