@@ -85,7 +85,7 @@ def configure_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     from rich.console import Console
 
-    from .model import split_backbone
+    from .model import split_backbone, wrap
     from .train_data import load_backbone, prepare
     from .tree_search import choose_tree_for
     from .evaluate import head_accuracy
@@ -140,12 +140,12 @@ def main(argv=None):
     if args.keep_heads is not None:
         keep_heads(heads, args.keep_heads)
     heads.set_dtype(getattr(mx, args.dtype))
+    model = wrap(backbone, heads)  # the heads as decoding runs them (head vocabulary included)
     projection = lm_head
     if vocab_ids is not None:
         from .head_vocab import coverage
-        from .model import wrap
 
-        projection = wrap(backbone, heads).head_projection
+        projection = model.head_projection
         if dataset.held_out is not None:
             console.print(f"head vocabulary: {len(vocab_ids)} tokens, held-out label coverage "
                           f"{coverage(dataset.held_out.labels, vocab_ids.tolist()):.3f}")
@@ -168,10 +168,7 @@ def main(argv=None):
     }
     heads.args.extra.update(extra)
     if args.tree == "measure":
-        from .model import wrap
-
-        choice = choose_tree_for(wrap(backbone, heads), dataset.held_out,
-                                 max_nodes=args.max_tree_nodes)
+        choice = choose_tree_for(model, dataset.held_out, max_nodes=args.max_tree_nodes)
         heads.args.extra["tree"] = [list(p) for p in choice.paths]
         heads.args.extra["tree_choice"] = choice.summary()
         console.print(f"tree: {len(choice.paths)} nodes, expected {choice.expected_length:.2f} "
