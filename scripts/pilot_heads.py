@@ -26,8 +26,8 @@ import numpy as np
 
 from medusa_mlx.evaluate import head_accuracy
 from medusa_mlx.model import split_backbone
-from medusa_mlx.train import (TrainConfig, fresh_heads, lm_head_weight, make_optimizer,
-                              medusa_loss, teacher_tokens)
+from medusa_mlx.train import (TrainConfig, fresh_heads, make_optimizer,
+                              medusa_loss, restrict_vocab, teacher_tokens)
 from medusa_mlx.train_data import (IGNORE, AnswerCache, Features, TokenSequence,
                                    answer_cache_path, compute_features, generate_batched,
                                    load_backbone, load_features, load_sequences, sample_variant)
@@ -60,9 +60,9 @@ def with_sampled_answers(backbone, tokenizer, cache, train, positions, picked):
     sampled = [TokenSequence(p + answers.get(p, limit, variant), len(p) - 1) for p in prompts]
     extra = compute_features(backbone, sampled)
     print(f"sampled answers: {len(sampled)} chats, {len(extra)} positions", flush=True)
-    pool = Features(np.concatenate([train.hidden[positions], extra.hidden]),
-                    np.concatenate([train.labels[positions], extra.labels]),
-                    np.concatenate([train.next_tokens[positions], extra.next_tokens]))
+    kept = Features(train.hidden[positions], train.labels[positions],
+                    train.next_tokens[positions])
+    pool = Features.concat([kept, extra])
     return pool, np.arange(len(pool))
 
 
@@ -93,12 +93,10 @@ def main():
 
     labels = train.labels[:, :K]
     tokens = teacher_tokens(train.next_tokens, labels[:, : K - 1])
-    observed = np.unique(labels[positions][labels[positions] != IGNORE])
-    weight = lm_head_weight(lm_head, HIDDEN)[mx.array(observed)]
-    project = lambda x: x @ weight.T  # noqa: E731  (softmax over the pilot's label tokens)
-    renumber = np.full(VOCAB, IGNORE, np.int32)
-    renumber[observed] = np.arange(len(observed))
-    labels = np.where(labels == IGNORE, IGNORE, renumber[np.maximum(labels, 0)])
+    # Softmax over the pilot's label tokens; only positions the pilot draws keep a label.
+    project, picked_labels = restrict_vocab(lm_head, labels[positions], heads.args)
+    labels = np.full_like(labels, IGNORE)
+    labels[positions] = picked_labels
 
     def soft_loss(h, x, y, t, teacher_hidden):
         # Head k's teacher: the base model's distribution at position t+1+k (argmax = label).
