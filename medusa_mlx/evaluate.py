@@ -26,13 +26,22 @@ RANKS = 10
 
 def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int = RANKS,
                batch_size: int = 512, embed: Optional[Callable] = None,
-               vocab: Optional[np.ndarray] = None) -> np.ndarray:
+               vocab: Optional[np.ndarray] = None, teacher_forced: bool = False) -> np.ndarray:
     """(K, N) rank of the label among each head's logits, ``ranks`` if not in the
     top ``ranks`` (or no label). ``embed``: the backbone's token embedding, for
     sequential heads. They see ``data.next_tokens`` and then their own guesses,
-    exactly as in decoding (not the true tokens they were trained on).
+    as a chain of best guesses would (the accuracy reported after training);
+    with ``teacher_forced`` they see the true tokens instead, which is what a
+    tree drafted branch by branch gives the node on the right path (draft.py):
+    the ranks tree search needs.
     ``vocab``: the heads' token ids when ``lm_head`` scores only those (a head
     vocabulary); a label outside it can never be proposed, so it ranks ``ranks``."""
+    forced = None
+    if teacher_forced and heads.args.sequential:
+        if data.next_tokens is None:
+            raise ValueError("sequential heads need features with next_tokens")
+        true = np.maximum(data.labels[:, : heads.num_heads - 1], 0)
+        forced = np.concatenate([data.next_tokens[:, None], true], axis=1)
     if vocab is not None:
         # Labels become vocabulary slots; one outside the vocabulary becomes IGNORE,
         # which ranks ``ranks`` like a position without a label.
@@ -40,11 +49,11 @@ def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int
         slots[vocab] = np.arange(len(vocab), dtype=np.int32)
         labels = np.where(data.labels == IGNORE, IGNORE, slots[np.maximum(data.labels, 0)])
         return _label_ranks(heads, lm_head, Features(data.hidden, labels, data.next_tokens),
-                            ranks, batch_size, embed, mx.array(vocab))
-    return _label_ranks(heads, lm_head, data, ranks, batch_size, embed, None)
+                            ranks, batch_size, embed, mx.array(vocab), forced)
+    return _label_ranks(heads, lm_head, data, ranks, batch_size, embed, None, forced)
 
 
-def _label_ranks(heads, lm_head, data, ranks, batch_size, embed, vocab) -> np.ndarray:
+def _label_ranks(heads, lm_head, data, ranks, batch_size, embed, vocab, forced) -> np.ndarray:
     K = heads.num_heads
     sequential = heads.args.sequential
     if sequential and (embed is None or data.next_tokens is None):
@@ -53,7 +62,8 @@ def _label_ranks(heads, lm_head, data, ranks, batch_size, embed, vocab) -> np.nd
     for b in range(0, len(data), batch_size):
         x = mx.array(data.hidden[b : b + batch_size]).astype(mx.float32)
         if sequential:
-            tokens = mx.array(data.next_tokens[b : b + batch_size])[:, None]
+            seen = data.next_tokens[:, None] if forced is None else forced
+            tokens = mx.array(seen[b : b + batch_size])
             logits = heads(x, lm_head, embed=embed, tokens=tokens, vocab=vocab)  # (K, B, V)
         else:
             logits = heads(x, lm_head)
@@ -69,10 +79,11 @@ def _label_ranks(heads, lm_head, data, ranks, batch_size, embed, vocab) -> np.nd
 
 def head_accuracy(heads: MedusaHeads, lm_head: Callable, data: Features,
                   ranks: int = RANKS, embed: Optional[Callable] = None,
-                  vocab: Optional[np.ndarray] = None) -> dict:
+                  vocab: Optional[np.ndarray] = None, teacher_forced: bool = False) -> dict:
     """Per head: top-1, top-5 and per-rank accuracy on positions with a label
-    (with ``vocab``, as in ``head_ranks``: among a head vocabulary's tokens)."""
-    rank = head_ranks(heads, lm_head, data, ranks, embed=embed, vocab=vocab)
+    (with ``vocab`` and ``teacher_forced``, as in ``head_ranks``)."""
+    rank = head_ranks(heads, lm_head, data, ranks, embed=embed, vocab=vocab,
+                      teacher_forced=teacher_forced)
     valid = (data.labels[:, : heads.num_heads].T != IGNORE)
     n = np.maximum(valid.sum(axis=1), 1)
     per_rank = [[float(((rank[k] == i) & valid[k]).sum() / n[k]) for i in range(ranks)]

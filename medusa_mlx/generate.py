@@ -15,6 +15,7 @@ import mlx.core as mx
 
 from .accept import GreedyAcceptor
 from .attention import compact, tree_attention
+from .draft import branch_plan, draft_candidates
 from .model import MedusaModel
 from .tree import TreeSpec, model_tree
 
@@ -44,22 +45,6 @@ class MedusaStep:
     accepted: int  # head-proposed tokens accepted (0 for the prefill step)
     tree_size: int  # nodes verified (0 for the prefill step)
     timings: StepTimings = field(default_factory=StepTimings)
-
-
-def heads_topk(model: MedusaModel, hidden: mx.array, depth: int, k: int,
-               next_token: Optional[int] = None) -> mx.array:
-    """The k best tokens of each of the first ``depth`` heads, best first.
-    ``next_token``: the token emitted at ``hidden``'s position (the tree root)."""
-    if next_token is not None:
-        next_token = mx.array(next_token)
-    logits = model.head_logits(hidden, depth, next_token)
-    if k == 1:
-        top = mx.argmax(logits, axis=-1, keepdims=True)
-    else:
-        top = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
-        order = mx.argsort(-mx.take_along_axis(logits, top, axis=-1), axis=-1)
-        top = mx.take_along_axis(top, order, axis=-1)
-    return top if model.head_vocab is None else model.head_vocab[top]
 
 
 def _prefill(model: MedusaModel, prompt: mx.array, cache, step_size: int):
@@ -119,13 +104,14 @@ def medusa_generate_step(
     mask = mx.array(tree.mask)
     depths = mx.array(tree.depths)
     gather = mx.array(tree.gather)
+    plan = branch_plan(tree) if proposer is None and model.heads.args.sequential else None
     while root not in eos and emitted != max_tokens:
         if context is not None and cache[0].offset + tree.depth + 2 > context:
             return
         timings = StepTimings()
         tic = time.perf_counter()
         if proposer is None:
-            topk = heads_topk(model, last_hidden, tree.depth, tree.topk, root)
+            candidates = draft_candidates(model, last_hidden, root, tree, plan)
         else:
             topk = proposer(last_hidden, history)
             if topk.shape[0] < tree.depth or topk.shape[1] < tree.topk:
@@ -134,7 +120,7 @@ def medusa_generate_step(
                     f"needs at least ({tree.depth}, {tree.topk})"
                 )
             topk = topk[: tree.depth, : tree.topk]
-        candidates = mx.concatenate([mx.array([root]), topk.reshape(-1)])[gather]
+            candidates = mx.concatenate([mx.array([root]), topk.reshape(-1)])[gather]
         if profile:
             mx.eval(candidates)
             timings.heads = time.perf_counter() - tic

@@ -143,7 +143,7 @@ class MedusaHeads(nn.Module):
             return mx.stack([head.lm_head(f) for head, f in zip(heads, features)])
         logits, x, token = [], hidden, tokens[..., 0]
         for k, head in enumerate(heads):
-            x = head.features(x + head.token_in(embed(token)))
+            x = self.advance(k, x, embed(token))
             logits.append(project(x) if project is not None else head.lm_head(x))
             if k + 1 < tokens.shape[-1]:
                 token = tokens[..., k + 1]
@@ -151,6 +151,12 @@ class MedusaHeads(nn.Module):
                 token = mx.argmax(logits[-1], axis=-1)
                 token = token if vocab is None else vocab[token]
         return mx.stack(logits)
+
+    def advance(self, k: int, features: mx.array, token_embedding: mx.array) -> mx.array:
+        """Sequential head k's features from the previous head's (``h_t`` for
+        head 0) and the embedding of the token it sees."""
+        head = self.heads[k]
+        return head.features(features + head.token_in(token_embedding))
 
 
 def keep_heads(heads: MedusaHeads, count: int) -> MedusaHeads:

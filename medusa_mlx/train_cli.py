@@ -153,6 +153,12 @@ def main(argv=None):
                 if dataset.held_out is not None else {"top1": [], "top5": []})
     for k, (t1, t5) in enumerate(zip(accuracy["top1"], accuracy["top5"])):
         console.print(f"held-out head {k}: top-1 {t1:.3f}  top-5 {t5:.3f}")
+    if heads.args.sequential and dataset.held_out is not None:
+        # What a tree drafted branch by branch gets on the right path (draft.py).
+        forced = head_accuracy(heads, projection, dataset.held_out, embed=embed,
+                               vocab=vocab_ids, teacher_forced=True)
+        accuracy["true_tokens"] = {"top1": forced["top1"], "top5": forced["top5"]}
+        console.print(f"held-out top-1 fed the true earlier tokens: {forced['top1']}")
     extra = {
         "base_model": args.model,
         "training": {

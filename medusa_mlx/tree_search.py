@@ -3,7 +3,9 @@
 Two measurements:
 
 - acceptance: on held-out positions, the rank of the right token in each
-  head's logits. A tree node (i1, .., id) is accepted at a position iff head j's
+  head's logits (sequential heads fed the true earlier tokens, as the right
+  branch of a tree drafted branch by branch is). A tree node (i1, .., id) is
+  accepted at a position iff head j's
   rank-i_j token is right for every j < d, so the expected tokens per step of a
   tree is ``1 + sum over nodes of P(node accepted)`` (1 = the bonus token).
   These joint frequencies are counted directly, without assuming the heads are
@@ -24,6 +26,7 @@ import mlx.core as mx
 import numpy as np
 
 from .attention import tree_attention
+from .draft import branch_plan, draft_candidates
 from .train_data import IGNORE
 from .tree import PRESETS, build_tree
 
@@ -102,18 +105,28 @@ def grow_tree(rank: np.ndarray, max_nodes: int, max_rank: int = 10) -> list:
     return order
 
 
+def expanded_nodes(paths) -> int:
+    """Nodes with children (root included): how often sequential heads run when
+    drafting the tree branch by branch."""
+    return len({tuple(p[:-1]) for p in paths})
+
+
 @dataclass
 class CostModel:
     """Seconds per plain decoding step and per verification of n tokens."""
 
     plain: float
     verify: dict  # tokens verified (root included) -> seconds
-    heads: dict  # depth -> seconds for the heads' top-k
+    heads: dict  # depth -> seconds to draft a chain that deep
+    # Seconds per further node the heads expand (sequential heads draft each
+    # branch on its own: see draft.py); 0 for plain heads.
+    per_expanded_node: float = 0.0
 
-    def relative(self, tree_size: int, depth: int) -> float:
+    def relative(self, tree_size: int, depth: int, expanded: int = 0) -> float:
         sizes = sorted(self.verify)
         verify = float(np.interp(tree_size, sizes, [self.verify[s] for s in sizes]))
-        return (verify + self.heads[depth]) / self.plain
+        extra = self.per_expanded_node * max(expanded - depth, 0)
+        return (verify + self.heads[depth] + extra) / self.plain
 
 
 def _min_seconds(fn, repeats: int) -> float:
@@ -159,21 +172,27 @@ def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128, repeats: int = 
 
     hidden = mx.random.normal((model.heads.args.hidden_size,))
 
-    def heads(depth):
-        from .generate import heads_topk
+    def draft(paths):
+        tree = build_tree(paths)
+        plan = branch_plan(tree) if model.heads.args.sequential else None
+        return lambda: mx.eval(draft_candidates(model, hidden, 1, tree, plan))
 
-        return lambda: mx.eval(heads_topk(model, hidden, depth, topk, next_token=1))
-
+    K = model.num_heads
     plain = _min_seconds(plain_step, repeats)
     verify_cost = {n: _min_seconds(verify(n), repeats) for n in sizes}
-    heads_cost = {d: _min_seconds(heads(d), repeats) for d in range(1, model.num_heads + 1)}
+    heads_cost = {d: _min_seconds(draft([(0,) * i for i in range(1, d + 1)]), repeats) for d in range(1, K + 1)}
+    per_node = 0.0
+    wide = [p for p in PRESETS["tree-64"] if len(p) <= K]
+    if model.heads.args.sequential and expanded_nodes(wide) > K:
+        extra = _min_seconds(draft(wide), repeats) - heads_cost[K]
+        per_node = max(extra, 0.0) / (expanded_nodes(wide) - K)
     # More tokens never cost less: smooth what timing noise is left.
     sizes = sorted(verify_cost)
     monotone = np.maximum.accumulate([verify_cost[n] for n in sizes])
     verify_cost = {n: float(t) for n, t in zip(sizes, monotone)}
     heads_cost = dict(zip(sorted(heads_cost),
                           np.maximum.accumulate([heads_cost[d] for d in sorted(heads_cost)])))
-    return CostModel(plain, verify_cost, {d: float(t) for d, t in heads_cost.items()})
+    return CostModel(plain, verify_cost, {d: float(t) for d, t in heads_cost.items()}, per_node)
 
 
 @dataclass
@@ -201,6 +220,8 @@ class TreeChoice:
             if self.cost else None,
             "heads_ms": {str(d): round(s * 1e3, 3) for d, s in self.cost.heads.items()}
             if self.cost else None,
+            "heads_ms_per_expanded_node": round(self.cost.per_expanded_node * 1e3, 3)
+            if self.cost else None,
             "candidates": [
                 {"name": n, "nodes": s, "expected": round(e, 3), "cost": round(c, 3),
                  "speedup": round(e / c, 3)} for n, s, e, c in self.candidates
@@ -222,7 +243,7 @@ def choose_tree(rank: np.ndarray, cost: CostModel, max_nodes: int = 64,
     for name, paths in candidates:
         expected = expected_length(rank, paths, ends)
         depth = max(len(p) for p in paths)
-        relative = cost.relative(len(paths) + 1, depth)
+        relative = cost.relative(len(paths) + 1, depth, expanded_nodes(paths))
         table.append((name, len(paths), expected, relative))
         if best is None or expected / relative > best[2] / best[3]:
             best = (name, paths, expected, relative)
@@ -235,11 +256,14 @@ def choose_tree_for(model, held_out, max_nodes: int = 64) -> TreeChoice:
     """Measure acceptance on ``held_out`` features and cost on this machine."""
     from .evaluate import head_ranks
 
+    # Sequential heads draft each branch with its own tokens (draft.py), so the
+    # node on the right path sees the true tokens: teacher-forced ranks.
     if model.head_vocab is None:
-        rank = head_ranks(model.heads, model.lm_head, held_out, embed=model.embed)
+        rank = head_ranks(model.heads, model.lm_head, held_out, embed=model.embed,
+                          teacher_forced=True)
     else:  # the heads can only propose head-vocabulary tokens: score them as decoding does
         rank = head_ranks(model.heads, model.head_projection, held_out, embed=model.embed,
-                          vocab=np.array(model.head_vocab))
+                          vocab=np.array(model.head_vocab), teacher_forced=True)
     return choose_tree(rank, measure_cost(model), max_nodes, sequence_ends(held_out.labels))
 
 

@@ -188,7 +188,7 @@ def test_tree_buffers():
 
 
 def test_head_vocab_restricts_candidates_and_keeps_output_exact():
-    from medusa_mlx.generate import heads_topk
+    from medusa_mlx.draft import heads_topk
     from medusa_mlx.heads import HeadsArgs, init_heads
     from medusa_mlx.model import wrap
 

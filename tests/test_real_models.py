@@ -89,6 +89,29 @@ def test_smollm2_medusa_equals_plain_for_200_tokens(smol, question):
     assert medusa(model, prompt, 200, "tree-8") == plain(model.backbone, prompt, 200)
 
 
+@smollm2
+def test_smollm2_branch_drafting_is_exact_and_beats_one_chain_of_guesses(smol):
+    """The shipped sequential heads draft tree-64 branch by branch: output equals
+    plain greedy, and more tokens are accepted than when every branch is fed one
+    chain of best guesses (the heads' top-k per depth, as plain heads draft)."""
+    from medusa_mlx.draft import heads_topk
+
+    model, tokenizer = smol
+    prompt = chat(tokenizer, "Explain in detail how a bicycle works, part by part.")
+
+    def chain_of_guesses(hidden, history):
+        return heads_topk(model, hidden, 3, 10, history[-1])
+
+    def accepted(proposer):
+        steps = list(medusa_generate_step(prompt, model, max_tokens=160, tree="tree-64",
+                                          proposer=proposer))
+        return [t for s in steps for t in s.tokens], sum(s.accepted for s in steps)
+
+    tokens, branch = accepted(None)
+    assert tokens == plain(model.backbone, prompt, 160)
+    assert branch > accepted(chain_of_guesses)[1]
+
+
 def test_cli_errors_are_one_line(tmp_path):
     missing = tmp_path / "nope.bin"
     result = subprocess.run(
@@ -135,6 +158,10 @@ def test_train_cli_end_to_end_on_stories260k(shared_dir, tmp_path):
     # 24 main records train (6 held out) and all 10 extra ones: 25 positions each.
     assert config["training"]["train_positions"] == (24 + 10) * 25
     assert len(config["held_out_accuracy"]["top1"]) == 2
+    # Sequential heads also report the accuracy branch drafting sees (true earlier
+    # tokens); head 0 sees the same token either way.
+    forced = config["held_out_accuracy"]["true_tokens"]["top1"]
+    assert len(forced) == 2 and forced[0] == config["held_out_accuracy"]["top1"][0]
     model, tokenizer = load(str(shared_dir / "data" / "stories260K.bin"), medusa=str(out))
     assert model.head_vocab is not None and model.head_vocab.shape == (64,)
     prompt = tokenizer.encode("Tom had a red kite.")

@@ -16,7 +16,8 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_samp
 
 from medusa_mlx.accept import GreedyAcceptor
 from medusa_mlx.attention import tree_attention
-from medusa_mlx.generate import heads_topk, medusa_generate_step
+from medusa_mlx.draft import heads_topk
+from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.model import attach_heads
 from medusa_mlx.sampling import (
     LosslessAcceptor,

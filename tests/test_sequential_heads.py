@@ -181,7 +181,7 @@ def test_save_load_round_trip_and_vllm_export_refused(backbone, tmp_path, capsys
 def test_head_vocab_guesses_are_mapped_back_to_token_ids():
     """With a head vocabulary the projection scores vocabulary slots; the guess a
     sequential head passes on must be the token id, not the slot."""
-    from medusa_mlx.generate import heads_topk
+    from medusa_mlx.draft import heads_topk
     from medusa_mlx.heads import HeadsArgs, init_heads
 
     backbone = tiny_model("qwen2", seed=1)

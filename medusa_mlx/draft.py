@@ -1,0 +1,102 @@
+"""Drafting: the heads' guesses laid out as the tree's candidate tokens.
+
+Plain Medusa heads all read the same ``h_t``, so one call gives every head's
+top-k and node ``(i1, .., id)`` simply takes head d-1's rank-id token.
+
+Sequential heads see the token before the one they guess, so the right guesses
+under node ``(1,)`` (head 0's second choice) differ from those under ``(0,)``.
+Drafting therefore walks the tree depth by depth, as Hydra does: head d runs
+once per depth-d node that has children, fed that node's own token and its
+parent's features, and each child takes its rank from its own parent's logits.
+This is exactly the condition the heads were trained in (teacher forcing); one
+chain of best guesses for every branch would feed most branches a token that
+is, by construction, not the one on their path.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import mlx.core as mx
+import numpy as np
+
+from .model import MedusaModel
+from .tree import Tree
+
+
+def _top_tokens(model: MedusaModel, logits: mx.array, k: int) -> mx.array:
+    """(..., V) -> (..., k) token ids, best first (mapped from head-vocabulary slots)."""
+    if k == 1:
+        top = mx.argmax(logits, axis=-1, keepdims=True)
+    else:
+        top = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
+        order = mx.argsort(-mx.take_along_axis(logits, top, axis=-1), axis=-1)
+        top = mx.take_along_axis(top, order, axis=-1)
+    return top if model.head_vocab is None else model.head_vocab[top]
+
+
+def heads_topk(model: MedusaModel, hidden: mx.array, depth: int, k: int,
+               next_token: Optional[int] = None) -> mx.array:
+    """The k best tokens of each of the first ``depth`` heads, best first
+    (sequential heads: each fed the previous head's best guess).
+    ``next_token``: the token emitted at ``hidden``'s position (the tree root)."""
+    if next_token is not None:
+        next_token = mx.array(next_token)
+    return _top_tokens(model, model.head_logits(hidden, depth, next_token), k)
+
+
+@dataclass(frozen=True)
+class BranchPlan:
+    """Index buffers for drafting ``tree`` branch by branch, per depth d:
+
+    - ``expand[d]``: which depth-d nodes head d runs for (those with children),
+      as positions among the depth-d nodes (depth 0 is the root alone);
+    - ``parent_row[d]`` / ``rank[d]``: for every depth-(d+1) node, its parent's
+      row in ``expand[d]`` and the rank it takes from that parent's logits.
+    """
+
+    expand: tuple
+    parent_row: tuple
+    rank: tuple
+    topk: tuple  # per depth: ranks needed from head d
+
+
+def branch_plan(tree: Tree) -> BranchPlan:
+    by_depth = [[p for p in tree.paths if len(p) == d] for d in range(tree.depth + 1)]
+    expand, parent_row, rank, topk = [], [], [], []
+    for d in range(tree.depth):
+        children = by_depth[d + 1]
+        parents = sorted({p[:-1] for p in children}, key=by_depth[d].index)
+        row = {p: i for i, p in enumerate(parents)}
+        expand.append(mx.array([by_depth[d].index(p) for p in parents]))
+        parent_row.append(mx.array([row[p[:-1]] for p in children]))
+        rank.append(mx.array([p[-1] for p in children]))
+        topk.append(max(p[-1] for p in children) + 1)
+    return BranchPlan(tuple(expand), tuple(parent_row), tuple(rank), tuple(topk))
+
+
+def branch_candidates(model: MedusaModel, hidden: mx.array, root: int, tree: Tree,
+                      plan: BranchPlan) -> mx.array:
+    """(tree.size,) token of every node, each drafted on its own branch."""
+    heads = model.heads
+    shared = model.head_projection or model.lm_head
+    features, tokens = hidden[None], mx.array([root])  # the depth-0 nodes: the root
+    out = [tokens]
+    for d in range(tree.depth):
+        rows = plan.expand[d]
+        x = heads.advance(d, features[rows], model.embed(tokens[rows]))
+        project = shared if heads.args.shared_lm_head else heads.heads[d].lm_head
+        top = _top_tokens(model, project(x), plan.topk[d])
+        tokens = top[plan.parent_row[d], plan.rank[d]]
+        features = x[plan.parent_row[d]]
+        out.append(tokens)
+    return mx.concatenate(out)
+
+
+def draft_candidates(model: MedusaModel, hidden: mx.array, root: int, tree: Tree,
+                     plan: Optional[BranchPlan] = None) -> mx.array:
+    """(tree.size,) candidate tokens, root first, in the tree's node order.
+    ``plan``: ``branch_plan(tree)``, worth building once per tree for sequential heads."""
+    if model.heads.args.sequential:
+        return branch_candidates(model, hidden, root, tree, plan or branch_plan(tree))
+    topk = heads_topk(model, hidden, tree.depth, tree.topk)
+    return mx.concatenate([mx.array([root]), topk.reshape(-1)])[mx.array(tree.gather)]
