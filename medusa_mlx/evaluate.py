@@ -98,6 +98,23 @@ def head_accuracy(heads: MedusaHeads, lm_head: Callable, data: Features,
     }
 
 
+def features_accuracy(model, data: Features) -> dict:
+    """Head accuracy of a wrapped model's heads as decoding scores them (head
+    vocabulary included): fed their own guesses and, for sequential heads, the
+    true earlier tokens (what branch drafting gives the right path)."""
+    vocab = None if model.head_vocab is None else np.array(model.head_vocab)
+    project = model.head_projection or model.lm_head
+    ways = {"own guesses": False}
+    if model.heads.args.sequential:
+        ways["true tokens"] = True
+    result = {}
+    for name, forced in ways.items():
+        acc = head_accuracy(model.heads, project, data, embed=model.embed, vocab=vocab,
+                            teacher_forced=forced)
+        result[name] = {"top1": acc["top1"], "top5": acc["top5"], "positions": acc["positions"]}
+    return result
+
+
 def mean_accepted_length(model, prompts: list, tree, max_tokens: int, eos_ids=()) -> dict:
     """Greedy Medusa decoding of every prompt; tokens per decoding step, bonus included."""
     from .generate import medusa_generate_step
@@ -119,16 +136,20 @@ def configure_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Mean accepted length of trained Medusa heads.")
     p.add_argument("--model", required=True)
     p.add_argument("--heads", required=True)
-    p.add_argument("--data", nargs="+", required=True,
+    p.add_argument("--data", nargs="+", default=None,
                    help="the training data files: their held-out split gives the prompts")
+    p.add_argument("--features", default=None,
+                   help="held-out features-*.npz from training: also report per-head accuracy "
+                        "(sequential heads both fed their own guesses and the true tokens)")
     p.add_argument("--held-out", type=float, default=0.1)
     p.add_argument("--max-records", type=int, default=None)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-prompts", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--trees", nargs="+", default=["chain-1", "chain-3", "tree-8", "tree-16",
-                                                  "tree-32", "auto"])
+    p.add_argument("--trees", nargs="*", default=["chain-1", "chain-3", "tree-8", "tree-16",
+                                                  "tree-32", "auto"],
+                   help="trees to decode the held-out prompts with (none: accuracy only)")
     p.add_argument("--output", default=None, help="write the figures as JSON here")
     return p
 
@@ -136,18 +157,29 @@ def configure_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     from .heads import load_heads
     from .model import wrap
-    from .train_data import load_backbone, prompt_ids, read_records, split_records
+    from .train_data import load_backbone, load_features, prompt_ids, read_records, split_records
 
-    args = configure_parser().parse_args(argv)
+    parser = configure_parser()
+    args = parser.parse_args(argv)
+    if args.trees and not args.data:
+        parser.error("decoding held-out prompts needs --data (or pass --trees with no trees)")
     backbone, tokenizer = load_backbone(args.model)
     model = wrap(backbone, load_heads(args.heads))
-    records = read_records(args.data)[: args.max_records]
-    _, held = split_records(records, args.held_out, args.seed)
-    prompts = [prompt_ids(tokenizer, r, args.prompt_tokens) for r in held[: args.num_prompts]]
-    eos = list(tokenizer.eos_token_ids)
-    results = {"heads": args.heads, "prompts": len(prompts), "max_tokens": args.max_tokens,
+    results = {"heads": args.heads, "max_tokens": args.max_tokens,
                "held_out_accuracy": model.heads.args.extra.get("held_out_accuracy"),
                "trees": {}}
+    if args.features:
+        results["features"] = args.features
+        results["accuracy"] = features_accuracy(model, load_features(args.features))
+        for name, acc in results["accuracy"].items():
+            print(f"held-out accuracy ({name}): top-1 {acc['top1']}  top-5 {acc['top5']}")
+    prompts = []
+    if args.trees:
+        records = read_records(args.data)[: args.max_records]
+        _, held = split_records(records, args.held_out, args.seed)
+        prompts = [prompt_ids(tokenizer, r, args.prompt_tokens) for r in held[: args.num_prompts]]
+    results["prompts"] = len(prompts)
+    eos = list(tokenizer.eos_token_ids)
     for tree in args.trees:
         r = mean_accepted_length(model, prompts, tree, args.max_tokens, eos)
         results["trees"][tree] = r

@@ -162,6 +162,18 @@ def test_train_cli_end_to_end_on_stories260k(shared_dir, tmp_path):
     # tokens); head 0 sees the same token either way.
     forced = config["held_out_accuracy"]["true_tokens"]["top1"]
     assert len(forced) == 2 and forced[0] == config["held_out_accuracy"]["top1"][0]
+    # The evaluation CLI: accuracy from the cached held-out features, decoding of held-out prompts.
+    from medusa_mlx.evaluate import main as evaluate_main
+
+    (held_out,) = (tmp_path / "cache").glob("*/features-held_out.npz")
+    evaluate_main(["--model", str(shared_dir / "data" / "stories260K.bin"), "--heads", str(out),
+                   "--features", str(held_out), "--data", str(tmp_path / "main.txt"),
+                   "--held-out", "0.2", "--num-prompts", "2", "--max-tokens", "20",
+                   "--trees", "auto", "--output", str(tmp_path / "eval.json")])
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["accuracy"]["own guesses"]["top1"] == config["held_out_accuracy"]["top1"]
+    assert report["accuracy"]["true tokens"]["top1"] == forced
+    assert report["prompts"] == 2 and report["trees"]["auto"]["mean_accepted_length"] >= 1
     model, tokenizer = load(str(shared_dir / "data" / "stories260K.bin"), medusa=str(out))
     assert model.head_vocab is not None and model.head_vocab.shape == (64,)
     prompt = tokenizer.encode("Tom had a red kite.")
