@@ -193,6 +193,11 @@ def test_tree_choice_from_measured_acceptance_and_cost():
     steep = CostModel(1.0, {1: 1.0, 2: 1.0, 100: 50.0}, {1: 0.0, 2: 0.0})
     assert len(choose_tree(rank, flat, max_nodes=8).paths) >= 3
     assert choose_tree(rank, steep, max_nodes=8).paths == [[0]]
+    # Near-tie: [(0,)] gives 1.6 tokens per step at cost 1.0, [(0,), (0, 0)] 1.9 at
+    # 1.19 (1.597, 0.2% slower). Within the tie margin the tree that accepts more wins.
+    tie = CostModel(1.0, {1: 0.9, 2: 0.9, 3: 1.09, 100: 50.0}, {1: 0.1, 2: 0.1})
+    assert choose_tree(rank, tie, max_nodes=8, speed_tie=0.0).paths == [[0]]
+    assert choose_tree(rank, tie, max_nodes=8).paths == [[0], [0, 0]]
 
 
 def test_observed_vocab_loss_trains_shared_heads(backbone, features):
