@@ -98,12 +98,18 @@ def head_accuracy(heads: MedusaHeads, lm_head: Callable, data: Features,
     }
 
 
+def decoding_scoring(model) -> tuple:
+    """(projection, head vocabulary ids or None): how decoding scores a wrapped
+    model's heads, for ``head_ranks`` / ``head_accuracy``."""
+    vocab = None if model.head_vocab is None else np.array(model.head_vocab)
+    return model.head_projection or model.lm_head, vocab
+
+
 def features_accuracy(model, data: Features) -> dict:
     """Head accuracy of a wrapped model's heads as decoding scores them (head
     vocabulary included): fed their own guesses and, for sequential heads, the
     true earlier tokens (what branch drafting gives the right path)."""
-    vocab = None if model.head_vocab is None else np.array(model.head_vocab)
-    project = model.head_projection or model.lm_head
+    project, vocab = decoding_scoring(model)
     ways = {"own guesses": False}
     if model.heads.args.sequential:
         ways["true tokens"] = True

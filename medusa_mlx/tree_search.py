@@ -266,16 +266,14 @@ def choose_tree(rank: np.ndarray, cost: CostModel, max_nodes: int = 64,
 
 def choose_tree_for(model, held_out, max_nodes: int = 64) -> TreeChoice:
     """Measure acceptance on ``held_out`` features and cost on this machine."""
-    from .evaluate import head_ranks
+    from .evaluate import decoding_scoring, head_ranks
 
-    # Sequential heads draft each branch with its own tokens (draft.py), so the
-    # node on the right path sees the true tokens: teacher-forced ranks.
-    if model.head_vocab is None:
-        rank = head_ranks(model.heads, model.lm_head, held_out, embed=model.embed,
-                          teacher_forced=True)
-    else:  # the heads can only propose head-vocabulary tokens: score them as decoding does
-        rank = head_ranks(model.heads, model.head_projection, held_out, embed=model.embed,
-                          vocab=np.array(model.head_vocab), teacher_forced=True)
+    # Scored as decoding runs the heads: only head-vocabulary tokens can be
+    # proposed, and sequential heads draft each branch with its own tokens
+    # (draft.py), so the node on the right path sees the true tokens.
+    project, vocab = decoding_scoring(model)
+    rank = head_ranks(model.heads, project, held_out, embed=model.embed, vocab=vocab,
+                      teacher_forced=True)
     return choose_tree(rank, measure_cost(model), max_nodes, sequence_ends(held_out.labels))
 
 
