@@ -24,7 +24,7 @@ from medusa_mlx.train import (
 )
 from medusa_mlx.train_data import IGNORE, compute_features, head_labels
 from medusa_mlx.tree import auto_tree, build_tree, resolve_tree
-from medusa_mlx.tree_search import CostModel, choose_tree, expected_length, grow_tree
+from medusa_mlx.tree_search import CostModel, choose_tree, expanded_nodes, expected_length, grow_tree
 
 
 class WordTokenizer:
@@ -198,6 +198,11 @@ def test_tree_choice_from_measured_acceptance_and_cost():
     tie = CostModel(1.0, {1: 0.9, 2: 0.9, 3: 1.09, 100: 50.0}, {1: 0.1, 2: 0.1})
     assert choose_tree(rank, tie, max_nodes=8, speed_tie=0.0).paths == [[0]]
     assert choose_tree(rank, tie, max_nodes=8).paths == [[0], [0, 0]]
+    # Branch drafting runs sequential heads once per expanded node: a chain of
+    # depth 2 expands 2 nodes (root, (0,)), {(0,), (1,), (0,0), (1,0)} expands 3.
+    drafting = CostModel(1.0, {1: 1.0, 100: 1.0}, {1: 0.0, 2: 0.2}, per_expanded_node=0.1)
+    assert drafting.relative(3, 2, expanded_nodes([(0,), (0, 0)])) == pytest.approx(1.2)
+    assert drafting.relative(5, 2, expanded_nodes([(0,), (1,), (0, 0), (1, 0)])) == pytest.approx(1.3)
 
 
 def test_observed_vocab_loss_trains_shared_heads(backbone, features):
