@@ -5,8 +5,8 @@ Two measurements:
 - acceptance: on held-out positions, the rank of the right token in each
   head's logits (sequential heads fed the true earlier tokens, as the right
   branch of a tree drafted branch by branch is). A tree node (i1, .., id) is
-  accepted at a position iff head j's
-  rank-i_j token is right for every j < d, so the expected tokens per step of a
+  accepted at a position iff head j's rank-i_j token is right for every j < d,
+  so the expected tokens per step of a
   tree is ``1 + sum over nodes of P(node accepted)`` (1 = the bonus token).
   These joint frequencies are counted directly, without assuming the heads are
   independent.
@@ -141,9 +141,10 @@ def _min_seconds(fn, repeats: int) -> float:
     return float(np.min(times))
 
 
-def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128, repeats: int = 9,
-                 topk: int = 10) -> CostModel:
-    """Time verification forwards of ``sizes`` tokens after a ``prefix_len``-token prompt."""
+def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128,
+                 repeats: int = 9) -> CostModel:
+    """Time verification forwards of ``sizes`` tokens after a ``prefix_len``-token
+    prompt, and drafting chains (and, for sequential heads, a wide tree)."""
     rng = np.random.default_rng(0)
     vocab = model.heads.args.vocab_size
     cache = model.make_cache()
@@ -180,7 +181,8 @@ def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128, repeats: int = 
     K = model.num_heads
     plain = _min_seconds(plain_step, repeats)
     verify_cost = {n: _min_seconds(verify(n), repeats) for n in sizes}
-    heads_cost = {d: _min_seconds(draft([(0,) * i for i in range(1, d + 1)]), repeats) for d in range(1, K + 1)}
+    chains = {d: [(0,) * i for i in range(1, d + 1)] for d in range(1, K + 1)}
+    heads_cost = {d: _min_seconds(draft(chain), repeats) for d, chain in chains.items()}
     per_node = 0.0
     wide = [p for p in PRESETS["tree-64"] if len(p) <= K]
     if model.heads.args.sequential and expanded_nodes(wide) > K:
