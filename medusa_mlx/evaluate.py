@@ -19,6 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from .heads import MedusaHeads
+from .train import teacher_tokens
 from .train_data import IGNORE, Features
 
 RANKS = 10
@@ -40,8 +41,7 @@ def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int
     if teacher_forced and heads.args.sequential:
         if data.next_tokens is None:
             raise ValueError("sequential heads need features with next_tokens")
-        true = np.maximum(data.labels[:, : heads.num_heads - 1], 0)
-        forced = np.concatenate([data.next_tokens[:, None], true], axis=1)
+        forced = teacher_tokens(data.next_tokens, data.labels[:, : heads.num_heads - 1])
     if vocab is not None:
         # Labels become vocabulary slots; one outside the vocabulary becomes IGNORE,
         # which ranks ``ranks`` like a position without a label.

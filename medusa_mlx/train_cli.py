@@ -88,7 +88,7 @@ def main(argv=None):
     from .model import split_backbone, wrap
     from .train_data import load_backbone, prepare
     from .tree_search import choose_tree_for
-    from .evaluate import head_accuracy
+    from .evaluate import decoding_scoring, head_accuracy
 
     args = configure_parser().parse_args(argv)
     if args.head_vocab and not args.shared_lm_head:
@@ -141,11 +141,10 @@ def main(argv=None):
         keep_heads(heads, args.keep_heads)
     heads.set_dtype(getattr(mx, args.dtype))
     model = wrap(backbone, heads)  # the heads as decoding runs them (head vocabulary included)
-    projection = lm_head
+    projection, _ = decoding_scoring(model)
     if vocab_ids is not None:
         from .head_vocab import coverage
 
-        projection = model.head_projection
         if dataset.held_out is not None:
             console.print(f"head vocabulary: {len(vocab_ids)} tokens, held-out label coverage "
                           f"{coverage(dataset.held_out.labels, vocab_ids.tolist()):.3f}")
