@@ -1,8 +1,7 @@
 """Convert Medusa heads to MLX: ``python convert.py --help``."""
 
-import sys
-
-from medusa_mlx.convert import main
+import medusa_mlx  # noqa: F401  (first: preloads OpenBLAS before mlx is imported)
+from medusa_mlx.conversion.convert import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -21,7 +21,7 @@ from .generate import MedusaResponse, generate, medusa_generate_step, stream_gen
 from .heads import HeadsArgs, MedusaHeads, load_heads, save_heads  # noqa: E402
 from .load import load  # noqa: E402
 from .model import MedusaModel, attach_heads  # noqa: E402
-from .sampling import LosslessAcceptor, SamplerSettings, TypicalAcceptor, make_acceptor  # noqa: E402
+from .acceptors import LosslessAcceptor, SamplerSettings, TypicalAcceptor, make_acceptor  # noqa: E402
 from .tree import PRESETS, Tree, build_tree  # noqa: E402
 
 __all__ = [

@@ -22,9 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-
-class UnsupportedModelError(ValueError):
-    """The backbone cannot be verified with a tree (one-line reason)."""
+from .errors import UnsupportedModelError  # noqa: F401  (raised here; importable from here)
 
 
 class TreeKVCache(KVCache):

@@ -37,6 +37,7 @@ import mlx.core as mx
 
 from .attention import UnsupportedModelError, model_type
 from .model import MedusaModel, wrap
+from .errors import DistributedError  # noqa: F401  (raised here; importable from here)
 
 # Environment variables that the launchers set in every rank they start:
 # MLX_RANK (mlx.launch: ring, jaccl, nccl), OMPI_COMM_WORLD_SIZE / PMI_SIZE (mpirun).
@@ -44,10 +45,6 @@ LAUNCH_ENV = ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 WATCHDOG_EXIT_CODE = 3
 _HASH_MOD = 2**31 - 1  # checksums travel as int32
 _HASH_MUL = 1_000_003
-
-
-class DistributedError(RuntimeError):
-    """A multi-rank run cannot go on (peer lost, ranks diverged); one-line reason."""
 
 
 def launched() -> bool:

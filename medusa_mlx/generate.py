@@ -18,14 +18,11 @@ from .attention import compact, tree_attention
 from .draft import branch_plan, draft_candidates
 from .model import MedusaModel
 from .tree import TreeSpec, model_tree
+from .errors import ContextLengthError  # noqa: F401  (raised here; importable from here)
 
 # proposer(hidden (H,), history: prompt + tokens so far) -> token ids of shape
 # (>= depth, >= topk): row d holds head d's guesses, best first.
 Proposer = Callable[[mx.array, list], mx.array]
-
-
-class ContextLengthError(ValueError):
-    pass
 
 
 @dataclass
@@ -286,7 +283,9 @@ def generate(model: MedusaModel, tokenizer, prompt, verbose: bool = False, **kwa
 def configure_parser():
     import argparse
 
-    parser = argparse.ArgumentParser(
+    from .cli import ArgumentParser
+
+    parser = ArgumentParser(
         description="Generate text with Medusa speculative decoding (greedy: identical "
         "to plain mlx-lm greedy output).",
         epilog="examples:\n"
@@ -317,17 +316,17 @@ def configure_parser():
     return parser
 
 
-def main():
+def main(argv=None):
     from .cli import run_cli
 
-    run_cli(_main)
+    run_cli(_main, argv)
 
 
-def _main():
+def _main(argv):
     from .load import load
-    from .sampling import make_acceptor
+    from .acceptors import make_acceptor
 
-    args = configure_parser().parse_args()
+    args = configure_parser().parse_args(argv)
     group = _distributed_group(args)  # None: a plain single-process run
     with warnings.catch_warnings():
         if group is not None and group.rank() != 0:

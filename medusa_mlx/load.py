@@ -15,7 +15,7 @@ from .heads import CONFIG_FILE, load_heads
 from .model import MedusaModel, attach_heads, wrap
 
 EMBEDDED_DEFAULT = "smollm2"
-SHIPPED_HEADS_DIR = Path(__file__).parent / "heads"
+SHIPPED_HEADS_DIR = Path(__file__).parent / "shipped_heads"
 # Backbone name (file stem or alias, lower case) -> shipped heads folder.
 SHIPPED_HEADS = {
     "smollm2": "smollm2-135m-instruct",
@@ -28,8 +28,8 @@ def load_backbone(path_or_hub_id: Optional[str], dtype=None):
     """-> (mlx-lm model, TokenizerWrapper, short name used to find shipped heads)."""
     source = path_or_hub_id or EMBEDDED_DEFAULT
     if source == EMBEDDED_DEFAULT:
-        from .embedded import smollm2_gguf_path
-        from .gguf import load_gguf
+        from .loaders.embedded import smollm2_gguf_path
+        from .loaders.gguf import load_gguf
 
         gguf = smollm2_gguf_path()
         if gguf is None:
@@ -40,11 +40,11 @@ def load_backbone(path_or_hub_id: Optional[str], dtype=None):
         return (*_gguf(load_gguf, gguf, dtype), EMBEDDED_DEFAULT)
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
-        from .gguf import load_gguf
+        from .loaders.gguf import load_gguf
 
         return (*_gguf(load_gguf, path, dtype), path.stem.lower())
     if path.suffix == ".bin":
-        from .llama2c import load_llama2c
+        from .loaders.llama2c import load_llama2c
 
         return (*load_llama2c(path), path.stem.lower())
     if source.startswith((".", "/", "~")) and not path.exists():

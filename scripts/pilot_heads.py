@@ -24,11 +24,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from medusa_mlx.evaluate import head_accuracy
+from medusa_mlx.training.evaluate import head_accuracy
 from medusa_mlx.model import split_backbone
-from medusa_mlx.train import (TrainConfig, fresh_heads, make_optimizer,
+from medusa_mlx.training.trainer import (TrainConfig, fresh_heads, make_optimizer,
                               medusa_loss, restrict_vocab, teacher_tokens)
-from medusa_mlx.train_data import (IGNORE, AnswerCache, Features, TokenSequence,
+from medusa_mlx.training.data import (IGNORE, AnswerCache, Features, TokenSequence,
                                    answer_cache_path, compute_features, generate_batched,
                                    load_backbone, load_features, load_sequences, sample_variant)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the heads shipped in medusa_mlx/heads/ (CPU, Linux: preload OpenBLAS).
+# Regenerate the heads shipped in medusa_mlx/shipped_heads/ (CPU, Linux: preload OpenBLAS).
 # Usage: scripts/train_shipped_heads.sh [stories260K|smollm2]   (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +14,8 @@ if [[ $which == all || $which == stories260K ]]; then
     --max-new-tokens 240 --max-records 2000 --held-out 0.05 --gen-batch-size 64 \
     --num-heads 4 --num-layers 1 --steps 1500 --batch-size 512 --learning-rate 3e-3 \
     --warmup-steps 50 --checkpoint-every 500 --seed 0 --cache-dir "$CACHE" \
-    --out medusa_mlx/heads/stories260K
-  rm -rf medusa_mlx/heads/stories260K/checkpoints   # training state, not part of the package
+    --out medusa_mlx/shipped_heads/stories260K
+  rm -rf medusa_mlx/shipped_heads/stories260K/checkpoints   # training state, not part of the package
 fi
 
 if [[ $which == all || $which == smollm2 ]]; then
@@ -30,6 +30,6 @@ if [[ $which == all || $which == smollm2 ]]; then
     --num-heads 3 --num-layers 1 --shared-lm-head --sequential-heads --loss-vocab observed \
     --head-vocab 4096 --steps 4000 --batch-size 256 --learning-rate 1e-3 --warmup-steps 100 \
     --checkpoint-every 500 --seed 0 --dtype float16 --cache-dir "$CACHE" \
-    --out medusa_mlx/heads/smollm2-135m-instruct
-  rm -rf medusa_mlx/heads/smollm2-135m-instruct/checkpoints
+    --out medusa_mlx/shipped_heads/smollm2-135m-instruct
+  rm -rf medusa_mlx/shipped_heads/smollm2-135m-instruct/checkpoints
 fi

@@ -27,7 +27,7 @@ from medusa_mlx.attention import UnsupportedModelError
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.load import load_backbone
 from medusa_mlx.model import attach_heads
-from medusa_mlx.sampling import make_acceptor
+from medusa_mlx.acceptors import make_acceptor
 from tiny_models import tiny_model  # tests/ is on sys.path: it holds this script
 
 

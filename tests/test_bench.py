@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from medusa_mlx import bench, bench_report
+from medusa_mlx.bench import report as bench_report
+from medusa_mlx.bench import runs as bench
 from medusa_mlx.model import attach_heads
 from tiny_models import tiny_model
 

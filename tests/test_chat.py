@@ -18,12 +18,12 @@ import pytest
 from mlx_lm.generate import generate_step
 from rich.console import Console
 
-import medusa_mlx.chat as chat
-from medusa_mlx.chat import ChatSession, common_prefix
-from medusa_mlx.chat_stats import status_line, turn_summary
-from medusa_mlx.chat_ui import ChatUI
-from medusa_mlx.embedded import smollm2_gguf_path
-from medusa_mlx.llama2c import load_llama2c, load_llama2c_tokenizer
+import medusa_mlx.chat.session as chat
+from medusa_mlx.chat.session import ChatSession, common_prefix
+from medusa_mlx.chat.stats import status_line, turn_summary
+from medusa_mlx.chat.ui import ChatUI
+from medusa_mlx.loaders.embedded import smollm2_gguf_path
+from medusa_mlx.loaders.llama2c import load_llama2c, load_llama2c_tokenizer
 from medusa_mlx.model import attach_heads
 
 REPO = Path(__file__).resolve().parents[1]

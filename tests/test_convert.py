@@ -14,10 +14,10 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from medusa_mlx.convert import convert
+from medusa_mlx.conversion.convert import convert
 from medusa_mlx.heads import load_heads
-from medusa_mlx.tensor_files import ConversionError
-from medusa_mlx.torch_pickle import load_torch_checkpoint
+from medusa_mlx.conversion.tensor_files import ConversionError
+from medusa_mlx.conversion.torch_pickle import load_torch_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PWNED = Path("/tmp/medusa_fixture_pwned")

@@ -6,12 +6,12 @@ import pytest
 from tiny_models import greedy_sequences, tiny_model
 
 from medusa_mlx.draft import branch_plan, draft_candidates, heads_topk
-from medusa_mlx.evaluate import head_ranks
+from medusa_mlx.training.evaluate import head_ranks
 from medusa_mlx.heads import HeadsArgs, init_heads
 from medusa_mlx.model import attach_heads, wrap
-from medusa_mlx.train_data import IGNORE, compute_features
+from medusa_mlx.training.data import IGNORE, compute_features
 from medusa_mlx.tree import resolve_tree
-from medusa_mlx.tree_search import expanded_nodes
+from medusa_mlx.training.tree_search import expanded_nodes
 
 PROMPT = [3, 17, 42, 9, 88]
 VOCAB = list(range(2, 128, 3))

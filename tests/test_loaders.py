@@ -13,9 +13,9 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.llama import Model, ModelArgs
 
 from medusa_mlx.blas import blas_info, find_openblas
-from medusa_mlx.embedded import EMBEDDED_DEFAULT, smollm2_gguf_path
-from medusa_mlx.gguf import load_gguf
-from medusa_mlx.llama2c import load_llama2c
+from medusa_mlx.loaders.embedded import EMBEDDED_DEFAULT, smollm2_gguf_path
+from medusa_mlx.loaders.gguf import load_gguf
+from medusa_mlx.loaders.llama2c import load_llama2c
 
 REPO = Path(__file__).resolve().parents[1]
 

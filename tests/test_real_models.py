@@ -9,7 +9,7 @@ import pytest
 from mlx_lm.generate import generate_step
 
 from medusa_mlx import generate, load
-from medusa_mlx.embedded import smollm2_gguf_path
+from medusa_mlx.loaders.embedded import smollm2_gguf_path
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.model import attach_heads
 
@@ -139,19 +139,21 @@ def test_train_cli_end_to_end_on_stories260k(shared_dir, tmp_path):
     vocabulary and a measured tree land in a folder that loads and decodes exactly."""
     import json
 
-    from medusa_mlx.train import main as train_main
+    from medusa_mlx.training.cli import main as train_main
 
     docs = (shared_dir / "data" / "tinystories_val.txt").read_text().split("\n\n")[:40]
     (tmp_path / "main.txt").write_text("\n\n".join(docs[:30]))
     (tmp_path / "extra.txt").write_text("\n\n".join(docs[30:]))
     out = tmp_path / "heads"
-    train_main(["--model", str(shared_dir / "data" / "stories260K.bin"),
-                "--data", str(tmp_path / "main.txt"), "--extra-data", str(tmp_path / "extra.txt"),
-                "--mode", "generate", "--max-new-tokens", "24", "--held-out", "0.2",
-                "--num-heads", "2", "--shared-lm-head", "--sequential-heads",
-                "--steps", "4", "--batch-size", "64", "--checkpoint-every", "4",
-                "--head-vocab", "64", "--loss-vocab", "head", "--dtype", "float16", "--cache-dir", str(tmp_path / "cache"),
-                "--out", str(out)])
+    with pytest.raises(SystemExit) as done:  # run_cli exits with the command's code
+        train_main(["--model", str(shared_dir / "data" / "stories260K.bin"),
+                    "--data", str(tmp_path / "main.txt"), "--extra-data", str(tmp_path / "extra.txt"),
+                    "--mode", "generate", "--max-new-tokens", "24", "--held-out", "0.2",
+                    "--num-heads", "2", "--shared-lm-head", "--sequential-heads",
+                    "--steps", "4", "--batch-size", "64", "--checkpoint-every", "4",
+                    "--head-vocab", "64", "--loss-vocab", "head", "--dtype", "float16", "--cache-dir", str(tmp_path / "cache"),
+                    "--out", str(out)])
+    assert done.value.code == 0
     config = json.loads((out / "config.json").read_text())
     assert len(config["head_vocab"]) == 64 and config["tree"]
     assert config["training"]["data"]["extra_files"] == [str(tmp_path / "extra.txt")]
@@ -163,13 +165,15 @@ def test_train_cli_end_to_end_on_stories260k(shared_dir, tmp_path):
     forced = config["held_out_accuracy"]["true_tokens"]["top1"]
     assert len(forced) == 2 and forced[0] == config["held_out_accuracy"]["top1"][0]
     # The evaluation CLI: accuracy from the cached held-out features, decoding of held-out prompts.
-    from medusa_mlx.evaluate import main as evaluate_main
+    from medusa_mlx.training.evaluate import main as evaluate_main
 
     (held_out,) = (tmp_path / "cache").glob("*/features-held_out.npz")
-    evaluate_main(["--model", str(shared_dir / "data" / "stories260K.bin"), "--heads", str(out),
-                   "--features", str(held_out), "--data", str(tmp_path / "main.txt"),
-                   "--held-out", "0.2", "--num-prompts", "2", "--max-tokens", "20",
-                   "--trees", "auto", "--output", str(tmp_path / "eval.json")])
+    with pytest.raises(SystemExit) as done:
+        evaluate_main(["--model", str(shared_dir / "data" / "stories260K.bin"), "--heads", str(out),
+                       "--features", str(held_out), "--data", str(tmp_path / "main.txt"),
+                       "--held-out", "0.2", "--num-prompts", "2", "--max-tokens", "20",
+                       "--trees", "auto", "--output", str(tmp_path / "eval.json")])
+    assert done.value.code == 0
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["accuracy"]["own guesses"]["top1"] == config["held_out_accuracy"]["top1"]
     assert report["accuracy"]["true tokens"]["top1"] == forced

@@ -19,7 +19,7 @@ from medusa_mlx.attention import tree_attention
 from medusa_mlx.draft import heads_topk
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.model import attach_heads
-from medusa_mlx.sampling import (
+from medusa_mlx.acceptors import (
     LosslessAcceptor,
     SamplerSettings,
     TypicalAcceptor,

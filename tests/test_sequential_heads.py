@@ -10,13 +10,13 @@ import pytest
 from mlx_lm.generate import generate_step
 from tiny_models import greedy_sequences, tiny_model
 
-from medusa_mlx.convert import main as convert_main
+from medusa_mlx.conversion.convert import main as convert_main
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.heads import load_heads, save_heads
 from medusa_mlx.model import attach_heads, split_backbone, wrap
-from medusa_mlx.train import TrainConfig, fresh_heads, medusa_loss, teacher_tokens, train
-from medusa_mlx.train_data import IGNORE, compute_features
-from medusa_mlx.evaluate import head_accuracy
+from medusa_mlx.training.trainer import TrainConfig, fresh_heads, medusa_loss, teacher_tokens, train
+from medusa_mlx.training.data import IGNORE, compute_features
+from medusa_mlx.training.evaluate import head_accuracy
 
 PROMPT = [3, 17, 42, 9, 88]
 
@@ -173,8 +173,11 @@ def test_save_load_round_trip_and_vllm_export_refused(backbone, tmp_path, capsys
     hidden = mx.ones((64,))
     assert mx.array_equal(loaded.head_logits(hidden, 2, mx.array(7)),
                           model.head_logits(hidden, 2, mx.array(7)))
-    assert convert_main([str(tmp_path / "heads"), "-o", str(tmp_path / "v"), "--to", "vllm"]) == 1
-    assert "no vLLM equivalent" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        convert_main([str(tmp_path / "heads"), "-o", str(tmp_path / "v"), "--to", "vllm"])
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "no vLLM equivalent" in err and err.count("\n") == 1
     assert not (tmp_path / "v").exists()
 
 
@@ -216,7 +219,7 @@ def test_ranks_with_a_head_vocabulary_score_what_decoding_can_propose(backbone, 
     """With a head vocabulary, a label outside it can never be proposed (rank =
     the cap); inside it, its rank is among the vocabulary's tokens only, and the
     heads pass each other token ids, not vocabulary slots."""
-    from medusa_mlx.evaluate import head_ranks
+    from medusa_mlx.training.evaluate import head_ranks
     from medusa_mlx.heads import HeadsArgs, init_heads
 
     vocab = np.arange(0, 128, 2)

@@ -13,7 +13,7 @@ from tiny_models import greedy_sequences, tiny_model
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.heads import HeadsArgs, init_heads, save_heads
 from medusa_mlx.model import split_backbone, wrap
-from medusa_mlx.train import (
+from medusa_mlx.training.trainer import (
     TrainConfig,
     fresh_heads,
     latest_checkpoint,
@@ -22,9 +22,9 @@ from medusa_mlx.train import (
     medusa_loss,
     train,
 )
-from medusa_mlx.train_data import IGNORE, compute_features, head_labels
+from medusa_mlx.training.data import IGNORE, compute_features, head_labels
 from medusa_mlx.tree import auto_tree, build_tree, resolve_tree
-from medusa_mlx.tree_search import CostModel, choose_tree, expanded_nodes, expected_length, grow_tree
+from medusa_mlx.training.tree_search import CostModel, choose_tree, expanded_nodes, expected_length, grow_tree
 
 
 class WordTokenizer:
@@ -39,7 +39,7 @@ class WordTokenizer:
 
 def count_generated_prompts(monkeypatch) -> list:
     """Record every prompt the data pipeline sends to the model from now on."""
-    import medusa_mlx.train_data as td
+    import medusa_mlx.training.data as td
 
     generated, real = [], td.generate_batched
 
@@ -221,7 +221,7 @@ def test_observed_vocab_loss_trains_shared_heads(backbone, features):
 def test_head_vocab_loss_scores_only_the_head_vocabulary(backbone, features):
     """loss_vocab='head': the softmax runs over the heads' head_vocab tokens in
     their order, and a label outside it is skipped rather than mislabelled."""
-    from medusa_mlx.train import restrict_vocab
+    from medusa_mlx.training.trainer import restrict_vocab
 
     _, lm_head = split_backbone(backbone)
     config = TrainConfig(num_heads=2, shared_lm_head=True, steps=30, batch_size=64,
@@ -250,7 +250,7 @@ def test_answer_cache_resumes_and_skips_generation(backbone, tmp_path, monkeypat
     """Answers are saved one by one as they finish; a later run (another split or
     an interrupted one) generates only what is missing, and a line cut short by
     a kill is ignored."""
-    import medusa_mlx.train_data as td
+    import medusa_mlx.training.data as td
 
     records = [td.Record(text=f"{i + 1} {i + 7} {i + 3} 5") for i in range(5)]
     config = td.DataConfig(files=[], mode="generate", prompt_tokens=4, max_new_tokens=12,
@@ -282,7 +282,7 @@ def test_answer_cache_resumes_and_skips_generation(backbone, tmp_path, monkeypat
 def test_sampled_answers_add_varied_training_text(backbone, tmp_path, monkeypatch):
     """--samples-per-prompt: each training prompt also gets N sampled answers,
     cached apart from the greedy one and from each other; held-out stays greedy."""
-    import medusa_mlx.train_data as td
+    import medusa_mlx.training.data as td
 
     data = tmp_path / "docs.txt"
     data.write_text("\n\n".join(f"{i + 1} {i + 7} {i + 3} 5" for i in range(10)) + "\n")
@@ -323,7 +323,7 @@ def test_sampled_answers_add_varied_training_text(backbone, tmp_path, monkeypatc
 def test_extra_data_trains_without_moving_the_held_out_split(backbone, tmp_path, monkeypatch):
     """--extra-data: every extra record trains; the held-out split, and the cached
     features of --data, are exactly those of a run without it."""
-    import medusa_mlx.train_data as td
+    import medusa_mlx.training.data as td
 
     docs, more = tmp_path / "docs.txt", tmp_path / "more.txt"
     docs.write_text("\n\n".join(f"{i + 1} {i + 7} {i + 3} 5" for i in range(10)) + "\n")

@@ -52,7 +52,7 @@ def greedy_sequences(backbone: nn.Module, count: int, new_tokens: int = 40, seed
     import numpy as np
 
     from medusa_mlx.model import split_backbone
-    from medusa_mlx.train_data import TokenSequence
+    from medusa_mlx.training.data import TokenSequence
 
     rng = np.random.default_rng(seed)
     body, lm_head = split_backbone(backbone)

@@ -25,10 +25,10 @@ from typing import Callable, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .attention import tree_attention
-from .generate import StepTimings, medusa_generate_step
-from .model import MedusaModel
-from .tree import model_tree
+from ..attention import tree_attention
+from ..generate import StepTimings, medusa_generate_step
+from ..model import MedusaModel
+from ..tree import model_tree
 
 VERIFY_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_TREES = "chain-2,tree-8,tree-16,auto"
@@ -330,7 +330,7 @@ def _mean(values) -> Optional[float]:
 
 
 def summarize(method: Method, baseline: Method) -> dict:
-    from .bench_report import spread
+    from .report import spread
 
     tps = [r.tokens_per_s for r in method.runs if r.tokens_per_s is not None]
     ratios = [
@@ -395,7 +395,9 @@ def dtype_of(backbone) -> str:
 def configure_parser():
     import argparse
 
-    parser = argparse.ArgumentParser(
+    from ..cli import ArgumentParser
+
+    parser = ArgumentParser(
         description="Benchmark Medusa decoding against plain mlx-lm greedy decoding "
         "(and mlx-lm draft-model speculative decoding), interleaved, in one process.",
         epilog="examples:\n"
@@ -424,8 +426,8 @@ def configure_parser():
 
 def benchmark(args, log=print) -> dict:
     """Run everything the parsed ``args`` ask for and return the JSON record."""
-    from .bench_report import SCHEMA, builtin_prompts, encode, environment, read_prompts
-    from .load import load, load_backbone
+    from .report import SCHEMA, builtin_prompts, encode, environment, read_prompts
+    from ..load import load, load_backbone
 
     env = environment()
     if not env["representative"]:
@@ -497,7 +499,7 @@ def benchmark(args, log=print) -> dict:
 
 
 def _heads_label(model_arg: Optional[str]) -> str:
-    from .load import EMBEDDED_DEFAULT, SHIPPED_HEADS, shipped_heads
+    from ..load import EMBEDDED_DEFAULT, SHIPPED_HEADS, shipped_heads
     from pathlib import Path
 
     name = EMBEDDED_DEFAULT if model_arg is None else Path(model_arg).stem.lower()
@@ -507,19 +509,19 @@ def _heads_label(model_arg: Optional[str]) -> str:
     return f"shipped ({path.name})" if path else "untrained (random)"
 
 
-def main():
-    from .cli import run_cli
+def main(argv=None):
+    from ..cli import run_cli
 
-    run_cli(_main)
+    run_cli(_main, argv)
 
 
-def _main():
+def _main(argv):
     import json
     import sys
 
-    from .bench_report import render
+    from .report import render
 
-    args = configure_parser().parse_args()
+    args = configure_parser().parse_args(argv)
     result = benchmark(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     render(result)
     if args.json:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .convert_output import write_atomically
+from .output import write_atomically
 from .formats import FULL_MODEL_PREFIX, Source
 from .tensor_files import ConversionError, is_safetensors
 

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .formats import MedusaCheckpoint
-from .heads import HeadsArgs, MedusaHeads, load_heads
+from ..heads import HeadsArgs, MedusaHeads, load_heads
 from .tensor_files import ConversionError
 
 DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}

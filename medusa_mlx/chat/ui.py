@@ -1,4 +1,4 @@
-"""Rich rendering of a chat session (``chat.py`` holds the session logic).
+"""Rich rendering of a chat session (``session.py`` holds the session logic, ``cli.py`` the arguments).
 
 In a terminal: a header panel, a prompt with line editing, answers that
 stream step by step above a live status line, then a compact summary. In a
@@ -14,8 +14,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from .chat import ChatSession, Loaded, StepEvent, load_session
-from .chat_stats import TurnStats, status_line, turn_summary
+from .session import ChatSession, Loaded, StepEvent, load_session
+from .stats import TurnStats, status_line, turn_summary
 
 # Steps that accepted head tokens alternate between these, so neighbouring
 # multi-token chunks stay distinguishable; one-token steps keep the default.

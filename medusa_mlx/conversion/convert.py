@@ -1,15 +1,14 @@
 """Convert Medusa head checkpoints (torch / safetensors / vLLM) to the MLX heads format.
 
-Run ``python -m medusa_mlx.convert --help`` (or ``python convert.py --help``).
+Run ``python -m medusa_mlx convert --help`` (or ``python convert.py --help``).
 """
 
 import argparse
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from .convert_output import (
+from .output import (
     DTYPES,
     build_heads,
     check_against_base,
@@ -21,10 +20,10 @@ from .convert_output import (
     write_vllm,
 )
 from .formats import DESCRIPTIONS, FORMATS, detect, parse
-from .heads import save_heads
-from .hub_source import resolve
+from ..cli import ArgumentParser, run_cli
+from ..heads import save_heads
+from .hub import resolve
 from .tensor_files import ConversionError
-from .torch_pickle import TorchPickleError
 
 EXAMPLES = """\
 examples:
@@ -191,8 +190,8 @@ def _human(size: int) -> str:
     return f"{size} B"
 
 
-def configure_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def configure_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="convert.py",
         description="Convert Medusa heads (Medusa-1 .pt, Medusa v2 safetensors, Medusa-2 "
         "full models, vLLM Medusa) to MLX heads, or MLX heads back to vLLM. torch is not "
@@ -227,31 +226,30 @@ def configure_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> None:
+    run_cli(_main, argv)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     args = configure_parser().parse_args(argv)
-    try:
-        report = convert(
-            args.source,
-            args.output,
-            fmt=args.fmt,
-            to=args.to,
-            revision=args.revision,
-            dtype=args.dtype,
-            quantize=args.quantize,
-            q_bits=args.q_bits,
-            q_group_size=args.q_group_size,
-            base=args.base,
-            force=args.force,
-            expand_vocab=args.expand_vocab,
-            backbone_out=args.backbone_out,
-        )
-    except (ConversionError, TorchPickleError, OSError) as e:
-        message = " ".join(str(e).split())  # always one line
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+    report = convert(
+        args.source,
+        args.output,
+        fmt=args.fmt,
+        to=args.to,
+        revision=args.revision,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        q_bits=args.q_bits,
+        q_group_size=args.q_group_size,
+        base=args.base,
+        force=args.force,
+        expand_vocab=args.expand_vocab,
+        backbone_out=args.backbone_out,
+    )
     print(summary(report))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

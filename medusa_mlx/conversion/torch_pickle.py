@@ -23,16 +23,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from ..errors import TorchPickleError, UnsafeCheckpointError  # noqa: F401  (raised here; importable from here)
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-
-
-class TorchPickleError(ValueError):
-    """The file cannot be read as a torch checkpoint."""
-
-
-class UnsafeCheckpointError(TorchPickleError):
-    """The pickle names a global outside the allow-list (it could run code)."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ data, call ``train``, then measure what was saved (held-out accuracy, tree).
         --out heads/stories260K
 """
 
-import argparse
 import shlex
 import sys
 import time
@@ -15,13 +14,15 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .heads import keep_heads, save_heads
-from .train import TrainConfig, fresh_heads, train
-from .train_data import DataConfig
+from ..cli import ArgumentParser
+from ..errors import UsageError
+from ..heads import keep_heads, save_heads
+from .trainer import TrainConfig, fresh_heads, train
+from .data import DataConfig
 
 
-def configure_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m medusa_mlx.train",
+def configure_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m medusa_mlx.train",
                                 description="Train Medusa heads on a frozen MLX model.")
     p.add_argument("--model", required=True,
                    help="llama2.c .bin, .gguf, 'smollm2', or an mlx-lm model path / hub id")
@@ -83,20 +84,27 @@ def configure_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    """``python -m medusa_mlx.train`` / ``medusa-train``."""
+    from ..cli import run_cli
+
+    run_cli(_main, argv)
+
+
+def _main(argv):
     from rich.console import Console
 
-    from .model import split_backbone, wrap
-    from .train_data import load_backbone, prepare
+    from ..model import split_backbone, wrap
+    from .data import load_backbone, prepare
     from .tree_search import choose_tree_for
     from .evaluate import decoding_scoring, head_accuracy
 
     args = configure_parser().parse_args(argv)
     if args.head_vocab and not args.shared_lm_head:
-        raise SystemExit("--head-vocab needs --shared-lm-head")
+        raise UsageError("--head-vocab needs --shared-lm-head")
     if args.loss_vocab == "head" and not args.head_vocab:
-        raise SystemExit("--loss-vocab head needs --head-vocab N")
+        raise UsageError("--loss-vocab head needs --head-vocab N")
     if args.held_out <= 0 and args.tree == "measure":
-        raise SystemExit("--tree measure needs held-out data (--held-out > 0), "
+        raise UsageError("--tree measure needs held-out data (--held-out > 0), "
                          "or pass --tree PRESET / none")
     console = Console()
     tic = time.perf_counter()
@@ -180,7 +188,7 @@ def main(argv=None):
                       f"tokens/step at {choice.relative_cost:.2f}x a plain step "
                       f"-> {choice.speedup:.2f}x (estimate)")
     elif args.tree != "none":
-        from .tree import PRESETS
+        from ..tree import PRESETS
 
         heads.args.extra["tree"] = [list(p) for p in PRESETS[args.tree]]
     save_heads(args.out, heads)

@@ -14,10 +14,7 @@ from typing import Callable, Dict, List
 import mlx.core as mx
 
 from .torch_pickle import load_torch_checkpoint
-
-
-class ConversionError(Exception):
-    """A user-facing problem with the input, the options or the output (one line)."""
+from ..errors import ConversionError  # noqa: F401  (raised here; importable from here)
 
 
 # An upper bound on a safetensors JSON header; real ones are far smaller.

@@ -1,6 +1,6 @@
 """A chat session over a MedusaModel: conversation, KV-cache reuse, commands, stats.
 
-No terminal code here (``chat_ui.py`` renders with Rich), so tests can drive a
+No terminal code here (``ui.py`` renders with Rich), so tests can drive a
 session with scripted input. Decoding itself stays in ``generate.py``; this
 module only decides which tokens to feed and keeps the cache honest.
 
@@ -22,11 +22,11 @@ import mlx.core as mx
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_sampler
 
-from .chat_stats import SessionStats, TurnStats
-from .generate import ContextLengthError, medusa_generate_step
-from .model import MedusaModel
-from .sampling import make_acceptor
-from .tree import PRESETS, model_tree
+from .stats import SessionStats, TurnStats
+from ..generate import ContextLengthError, medusa_generate_step
+from ..model import MedusaModel
+from ..acceptors import make_acceptor
+from ..tree import PRESETS, model_tree
 
 HELP = """\
 /help            this help
@@ -320,7 +320,7 @@ def load_session(args) -> Loaded:
     """Load model and heads for ``args`` (see :func:`configure_parser`)."""
     import warnings
 
-    from .load import load
+    from ..load import load
 
     # load() warns when it falls back to untrained heads; the chat header
     # says so in plain words instead of a Python warning.
@@ -353,49 +353,3 @@ def load_session(args) -> Loaded:
     )
     name = args.model or "SmolLM2-135M-Instruct (embedded)"
     return Loaded(session, name, heads, untrained)
-
-
-# ------------------------------------------------------------------ entry point
-
-
-def configure_parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="chat.py",
-        description="Chat in the terminal with Medusa speculative decoding; a live line "
-        "shows how many tokens each step accepted and the speed. Greedy: answers are "
-        "exactly what plain decoding would say, only faster.",
-        epilog="examples:\n"
-        "  python chat.py\n"
-        "  echo 'What is the capital of France?' | python chat.py --max-tokens 40\n"
-        "  python chat.py --model mlx-community/Qwen2.5-0.5B-Instruct-bf16 --medusa ./my-heads",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", default=None, help="mlx-lm folder, hub id, .gguf or llama2.c .bin (default: embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: heads shipped for the model)")
-    parser.add_argument("--system", default=None, help="system prompt")
-    parser.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
-    parser.add_argument("--tree", default="auto", help=f"candidate tree: auto (saved with the heads; default), {', '.join(PRESETS)}")
-    parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy, token-identical to plain decoding)")
-    parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling threshold (0: off)")
-    parser.add_argument("--accept", default="lossless", choices=["lossless", "typical"], help="how Medusa accepts sampled tokens: lossless (same distribution as plain sampling, default) or typical (faster, not exact)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    parser.add_argument("--no-medusa", action="store_true", help="plain mlx-lm decoding (same display), to compare")
-    parser.add_argument("--calibrate", action="store_true", help="measure plain decoding speed at start, so the speed-up shows at once")
-    return parser
-
-
-def main(argv=None) -> None:
-    from .cli import run_cli
-
-    run_cli(lambda: _main(argv))
-
-
-def _main(argv) -> int:
-    from . import chat_ui
-
-    args = configure_parser().parse_args(argv)
-    if args.max_tokens < 1:
-        raise ValueError("--max-tokens must be at least 1")
-    return chat_ui.run(args)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from .blas import blas_info
+from ..blas import blas_info
 
 SCHEMA = "medusa-mlx-bench/1"
 

@@ -1,0 +1,5 @@
+"""``python -m medusa_mlx.chat``."""
+
+from .cli import main
+
+main()
