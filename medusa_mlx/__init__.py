@@ -16,12 +16,11 @@ warnings.filterwarnings(
     "ignore", message=r".*found in sys.modules after import of package 'medusa_mlx'", category=RuntimeWarning
 )
 
-from .accept import GreedyAcceptor  # noqa: E402
+from .acceptors import GreedyAcceptor, LosslessAcceptor, SamplerSettings, TypicalAcceptor, make_acceptor  # noqa: E402
 from .generate import MedusaResponse, generate, medusa_generate_step, stream_generate  # noqa: E402
 from .heads import HeadsArgs, MedusaHeads, load_heads, save_heads  # noqa: E402
 from .load import load  # noqa: E402
 from .model import MedusaModel, attach_heads  # noqa: E402
-from .acceptors import LosslessAcceptor, SamplerSettings, TypicalAcceptor, make_acceptor  # noqa: E402
 from .tree import PRESETS, Tree, build_tree  # noqa: E402
 
 __all__ = [

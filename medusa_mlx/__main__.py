@@ -13,7 +13,7 @@ COMMANDS = {
     "chat": "medusa_mlx.chat.cli",
     "convert": "medusa_mlx.conversion.convert",
     "generate": "medusa_mlx.generate",
-    "bench": "medusa_mlx.bench.runs",
+    "bench": "medusa_mlx.bench.cli",
     "train": "medusa_mlx.training.cli",
     "evaluate": "medusa_mlx.training.evaluate",
     "tree-search": "medusa_mlx.training.tree_search",

@@ -11,7 +11,7 @@ Three pieces, none of which touches a model file:
   ``prefix_len + j``. ``mx.fast.rope`` takes one offset per batch row, so the
   wrapper views (1, H, T, D) as (T, H, 1, D) and passes T offsets. The
   original modules are put back on exit.
-- ``compact``: after acceptance, moves the accepted nodes' keys/values to the
+- ``compact_cache``: after acceptance, moves the accepted nodes' keys/values to the
   slots right after the prefix and drops the rest.
 """
 
@@ -20,9 +20,10 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.models.cache import KVCache
 
-from .errors import UnsupportedModelError  # noqa: F401  (raised here; importable from here)
+from .backbone import check_cache_types
+from .errors import UnsupportedModelError
 
 
 class TreeKVCache(KVCache):
@@ -45,38 +46,10 @@ class TreeKVCache(KVCache):
         return mx.concatenate([prefix, self.tree_mask], axis=1)
 
 
-def model_type(backbone: nn.Module) -> str:
-    args = getattr(backbone, "args", None)
-    return getattr(backbone, "model_type", None) or getattr(args, "model_type", None) or type(backbone).__module__
-
-
 def make_tree_cache(backbone: nn.Module) -> list[TreeKVCache]:
-    """One ``TreeKVCache`` per layer, or a one-line refusal for caches that
-    cannot rewind (rotating windows, recurrent state, hybrids)."""
-    caches = make_prompt_cache(backbone)
-    for c in caches:
-        if type(c) is not KVCache:
-            raise UnsupportedModelError(
-                f"architecture '{model_type(backbone)}' is not supported: its layers use "
-                f"{type(c).__name__}, which cannot drop rejected tree nodes "
-                "(Medusa needs the plain trimmable KVCache in every layer)"
-            )
-    return [TreeKVCache() for _ in caches]
-
-
-def rope_owners(backbone: nn.Module) -> list[nn.Module]:
-    """The attention module of every layer (the one that owns ``rope``)."""
-    owners = []
-    for layer in backbone.layers:
-        found = [m for _, m in layer.named_modules() if isinstance(m, nn.Module) and "rope" in m]
-        if len(found) != 1:
-            raise UnsupportedModelError(
-                f"architecture '{model_type(backbone)}' is not supported: expected one "
-                f"RoPE module per layer, found {len(found)} (tree verification needs "
-                "per-node rotary positions)"
-            )
-        owners.append(found[0])
-    return owners
+    """One ``TreeKVCache`` per layer (``check_cache_types`` refuses caches that
+    cannot rewind: rotating windows, recurrent state, hybrids)."""
+    return [TreeKVCache() for _ in check_cache_types(backbone)]
 
 
 class _PerTokenRoPE(nn.Module):
@@ -119,7 +92,7 @@ def tree_attention(
             c.tree_mask = None
 
 
-def compact(caches: list[TreeKVCache], prefix_len: int, keep: list[int]) -> None:
+def compact_cache(caches: list[TreeKVCache], prefix_len: int, keep: list[int]) -> None:
     """Keep tree nodes ``keep`` (in order) right after the prefix; drop the rest."""
     n = len(keep)
     if keep != list(range(n)):

@@ -143,7 +143,3 @@ def blas_info() -> dict:
         info["path"] = reference[0]
     return info
 
-
-def is_fast_blas() -> bool:
-    """True when MLX's CPU matmuls go to an optimized BLAS (OpenBLAS/Accelerate)."""
-    return blas_info()["library"] in ("openblas", "Accelerate")

@@ -35,9 +35,9 @@ from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
 
-from .attention import UnsupportedModelError, model_type
-from .model import MedusaModel, wrap
-from .errors import DistributedError  # noqa: F401  (raised here; importable from here)
+from .backbone import model_type
+from .model import MedusaModel, medusa_model
+from .errors import DistributedError, UnsupportedModelError
 
 # Environment variables that the launchers set in every rank they start:
 # MLX_RANK (mlx.launch: ring, jaccl, nccl), OMPI_COMM_WORLD_SIZE / PMI_SIZE (mpirun).
@@ -62,14 +62,23 @@ def init_group(backend: str = "any") -> mx.distributed.Group:
         raise DistributedError(f"could not join the distributed group: {e}") from e
 
 
+def run_group(require: bool = False) -> Optional[mx.distributed.Group]:
+    """The group to shard over when a launcher started several ranks, else None
+    (a single-process run touches no distributed machinery). ``require``: refuse
+    to run on one rank (``--shard``)."""
+    group = init_group() if launched() else None
+    if group is not None and group.size() > 1:
+        return group
+    if require:
+        raise DistributedError(
+            "--shard needs several ranks: start them with "
+            "mlx.launch --backend ring -n 2 -- python -m medusa_mlx.generate ..."
+        )
+    return None
+
+
 def rank_label(group: mx.distributed.Group) -> str:
     return f"[rank {group.rank()}/{group.size()}]"
-
-
-def is_main_rank(group: Optional[mx.distributed.Group] = None) -> bool:
-    """Rank 0 prints and streams; the others compute silently. ``None`` (no
-    distributed run) is the main rank."""
-    return group is None or group.rank() == 0
 
 
 def check_shardable(backbone, size: int) -> None:
@@ -96,7 +105,7 @@ def shard_model(model: MedusaModel, group: mx.distributed.Group) -> MedusaModel:
 
     The heads stay replicated. The backbone's logits on a probe are compared
     before and after sharding (a wrong split would otherwise only show as
-    different text), and ``wrap`` re-runs its own checks on the sharded model.
+    different text), and ``medusa_model`` re-runs its own checks on the sharded model.
     Every rank must call this at the same point: the probes communicate.
     """
     size = group.size()
@@ -124,7 +133,7 @@ def shard_model(model: MedusaModel, group: mx.distributed.Group) -> MedusaModel:
                 float(mx.abs(before - after).max().item())
             )
         )
-    return wrap(backbone, model.heads)
+    return medusa_model(backbone, model.heads)
 
 
 def agree_seed(seed: Optional[int], group: mx.distributed.Group) -> int:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
-import numpy as np
 
 from .model import MedusaModel
 from .tree import Tree

@@ -16,6 +16,11 @@ class UsageError(MedusaError, ValueError):
     """Command-line arguments that do not fit together (or do not parse)."""
 
 
+class NotFoundError(MedusaError, FileNotFoundError):
+    """A model, heads folder or hub repository that is not there (or that the
+    hub could not provide)."""
+
+
 class ConversionError(MedusaError):
     """A user-facing problem with a conversion's input, options or output."""
 

@@ -3,7 +3,9 @@
 ``medusa_generate_step`` yields one :class:`MedusaStep` per verification;
 ``stream_generate`` adds detokenised text and statistics; ``generate`` returns
 the text. Invariant between steps: the KV cache holds every token except the
-last one emitted (the tree root), exactly as in plain decoding.
+last one emitted (the tree root), exactly as in plain decoding. Like mlx-lm's
+generate.py it also holds its thin CLI (``python -m medusa_mlx.generate``); the
+multi-rank launch it may start lives in ``distributed.py``.
 """
 
 import time
@@ -13,11 +15,11 @@ from typing import Callable, Generator, Iterable, Optional, Sequence, Union
 
 import mlx.core as mx
 
-from .accept import GreedyAcceptor
-from .attention import compact, tree_attention
+from .acceptors import GreedyAcceptor
+from .attention import compact_cache, tree_attention
 from .draft import branch_plan, draft_candidates
 from .model import MedusaModel
-from .tree import TreeSpec, model_tree
+from .tree import TreeSpec, tree_for_model
 from .errors import ContextLengthError  # noqa: F401  (raised here; importable from here)
 
 # proposer(hidden (H,), history: prompt + tokens so far) -> token ids of shape
@@ -42,6 +44,12 @@ class MedusaStep:
     accepted: int  # head-proposed tokens accepted (0 for the prefill step)
     tree_size: int  # nodes verified (0 for the prefill step)
     timings: StepTimings = field(default_factory=StepTimings)
+
+    @property
+    def is_prefill(self) -> bool:
+        """The first step: one token from the prompt's logits, no tree verified.
+        Decoding statistics (tokens per step, generation speed) leave it out."""
+        return self.tree_size == 0
 
 
 def _prefill(model: MedusaModel, prompt: mx.array, cache, step_size: int):
@@ -71,8 +79,8 @@ def medusa_generate_step(
     """Yield one MedusaStep per decoding step; at most ``max_tokens`` tokens in
     all, stopping right after the first EOS token. ``on_step`` sees each step
     before it is yielded (the distributed run checks the ranks agree there).
-    ``tree="auto"`` uses the tree saved with the heads (see ``tree.auto_tree``)."""
-    tree = model_tree(tree, model)
+    ``tree="auto"`` uses the tree saved with the heads (see ``tree.saved_tree``)."""
+    tree = tree_for_model(tree, model)
     acceptor = acceptor or GreedyAcceptor()
     prompt = mx.array(prompt) if not isinstance(prompt, mx.array) else prompt
     cache = prompt_cache if prompt_cache is not None else model.make_cache()
@@ -136,13 +144,13 @@ def medusa_generate_step(
         tokens = _path_tokens(candidates, result.nodes) + [result.bonus]
         tokens = _truncate(tokens, eos, max_tokens - emitted)
         # The cache must end up holding the root + every emitted token but the last.
-        compact(cache, prefix_len, result.nodes[: len(tokens)])
+        compact_cache(cache, prefix_len, result.nodes[: len(tokens)])
         last_hidden = hidden[0, result.nodes[len(tokens) - 1]]
         root = tokens[-1]
         history.extend(tokens)
         emitted += len(tokens)
         if profile:
-            # compact() only records lazy copies; without this eval they would be
+            # compact_cache() only records lazy copies; without this eval they would be
             # billed to the next step's verify forward instead of to this phase.
             mx.eval(last_hidden, [(c.keys, c.values) for c in cache])
             timings.accept = time.perf_counter() - tic - timings.heads - timings.verify
@@ -189,12 +197,23 @@ class MedusaResponse:
         return self.tokens[-1]
 
 
-def encode_prompt(tokenizer, prompt) -> list[int]:
+def encode_prompt(tokenizer, prompt, chat_template: bool = False) -> list[int]:
+    """Token ids of ``prompt``: ids pass through; a list of chat messages goes
+    through the tokenizer's chat template; text too when ``chat_template`` and
+    the tokenizer has one (as a user's message), else it is encoded as written,
+    with BOS added unless the text already starts with it (as mlx-lm does)."""
+    if isinstance(prompt, mx.array):
+        return prompt.tolist()
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if isinstance(prompt, str) and chat_template and has_template:
+        prompt = [{"role": "user", "content": prompt}]
     if not isinstance(prompt, str):
-        return list(prompt.tolist() if isinstance(prompt, mx.array) else prompt)
-    # As mlx-lm: add BOS unless the text already starts with it.
+        prompt = list(prompt)
+        if prompt and isinstance(prompt[0], dict):
+            return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True))
+        return prompt
     add_special = tokenizer.bos_token is None or not prompt.startswith(tokenizer.bos_token)
-    return tokenizer.encode(prompt, add_special_tokens=add_special)
+    return list(tokenizer.encode(prompt, add_special_tokens=add_special))
 
 
 def stream_generate(
@@ -222,7 +241,7 @@ def stream_generate(
     n_tokens = n_decode_tokens = n_steps = 0
     previous = None
     for i, step in enumerate(steps):
-        if i == 0:
+        if step.is_prefill:
             prompt_tps = len(prompt_ids) / max(time.perf_counter() - tic, 1e-9)
             tic = time.perf_counter()
         else:
@@ -323,27 +342,23 @@ def main(argv=None):
 
 
 def _main(argv):
-    from .load import load
     from .acceptors import make_acceptor
+    from .distributed import agree_seed, lockstep, run_group, shard_model
+    from .load import load
 
     args = configure_parser().parse_args(argv)
-    group = _distributed_group(args)  # None: a plain single-process run
+    group = run_group(args.shard)  # None: a plain single-process run
     with warnings.catch_warnings():
         if group is not None and group.rank() != 0:
             warnings.simplefilter("ignore")  # rank 0 speaks for every rank
         model, tokenizer = load(args.model, args.medusa)
     if group is not None:
-        from .distributed import agree_seed, shard_model
-
         model = shard_model(model, group)
         args.seed = agree_seed(args.seed, group)
     if args.prompt is None:
         prompt = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else tokenizer.encode("")
-    elif tokenizer.chat_template and not args.no_chat_template:
-        messages = [{"role": "user", "content": args.prompt}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     else:
-        prompt = args.prompt
+        prompt = encode_prompt(tokenizer, args.prompt, chat_template=not args.no_chat_template)
     accept = args.accept or ("lossless" if args.temp > 0 else "greedy")
     acceptor = make_acceptor(
         accept, temp=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, seed=args.seed
@@ -352,26 +367,8 @@ def _main(argv):
     if group is None:
         generate(model, tokenizer, prompt, verbose=True, **kwargs)
         return
-    from .distributed import lockstep
-
     with lockstep(group, args.check_every, args.step_timeout) as on_step:
         generate(model, tokenizer, prompt, verbose=group.rank() == 0, on_step=on_step, **kwargs)
-
-
-def _distributed_group(args):
-    """The group to shard over when launched with several ranks, else None (a
-    single-process run touches no distributed machinery)."""
-    from . import distributed
-
-    group = distributed.init_group() if distributed.launched() else None
-    if group is not None and group.size() > 1:
-        return group
-    if args.shard:
-        raise distributed.DistributedError(
-            "--shard needs several ranks: start them with "
-            "mlx.launch --backend ring -n 2 -- python -m medusa_mlx.generate ..."
-        )
-    return None
 
 
 if __name__ == "__main__":

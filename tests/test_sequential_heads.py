@@ -13,8 +13,10 @@ from tiny_models import greedy_sequences, tiny_model
 from medusa_mlx.conversion.convert import main as convert_main
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.heads import load_heads, save_heads
-from medusa_mlx.model import attach_heads, split_backbone, wrap
-from medusa_mlx.training.trainer import TrainConfig, fresh_heads, medusa_loss, teacher_tokens, train
+from medusa_mlx.backbone import split_backbone
+from medusa_mlx.model import attach_heads, medusa_model
+from medusa_mlx.training.data import teacher_tokens
+from medusa_mlx.training.trainer import TrainConfig, fresh_heads, medusa_loss, train
 from medusa_mlx.training.data import IGNORE, compute_features
 from medusa_mlx.training.evaluate import head_accuracy
 
@@ -169,7 +171,7 @@ def test_save_load_round_trip_and_vllm_export_refused(backbone, tmp_path, capsys
     save_heads(tmp_path / "heads", model.heads)
     config = json.loads((tmp_path / "heads" / "config.json").read_text())
     assert config["sequential_heads"] is True
-    loaded = wrap(backbone, load_heads(tmp_path / "heads"))
+    loaded = medusa_model(backbone, load_heads(tmp_path / "heads"))
     hidden = mx.ones((64,))
     assert mx.array_equal(loaded.head_logits(hidden, 2, mx.array(7)),
                           model.head_logits(hidden, 2, mx.array(7)))
@@ -191,7 +193,7 @@ def test_head_vocab_guesses_are_mapped_back_to_token_ids():
     vocab = list(range(1, 128, 3))
     args = HeadsArgs(64, 128, num_heads=3, shared_lm_head=True, sequential=True,
                      extra={"head_vocab": vocab})
-    model = wrap(backbone, init_heads(args, seed=2))
+    model = medusa_model(backbone, init_heads(args, seed=2))
     hidden = model.body(mx.array([PROMPT]))[0, -1]
     full = model.heads(hidden, model.lm_head, 3, embed=model.embed, tokens=mx.array([4]))
     guesses = [4] + [vocab[int(mx.argmax(full[k][mx.array(vocab)]))] for k in range(2)]
@@ -225,7 +227,7 @@ def test_ranks_with_a_head_vocabulary_score_what_decoding_can_propose(backbone, 
     vocab = np.arange(0, 128, 2)
     args = HeadsArgs(64, 128, num_heads=2, shared_lm_head=True, sequential=True,
                      extra={"head_vocab": vocab.tolist()})
-    model = wrap(backbone, init_heads(args, seed=6))
+    model = medusa_model(backbone, init_heads(args, seed=6))
     rank = head_ranks(model.heads, model.head_projection, features, embed=model.embed,
                       vocab=vocab)
     labels = features.labels[:, :2].T

@@ -51,7 +51,7 @@ def greedy_sequences(backbone: nn.Module, count: int, new_tokens: int = 40, seed
     builds its sequences (each next token is the argmax of a full forward)."""
     import numpy as np
 
-    from medusa_mlx.model import split_backbone
+    from medusa_mlx.backbone import split_backbone
     from medusa_mlx.training.data import TokenSequence
 
     rng = np.random.default_rng(seed)

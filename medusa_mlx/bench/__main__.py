@@ -1,5 +1,5 @@
 """``python -m medusa_mlx.bench`` (as documented in the README)."""
 
-from .runs import main
+from .cli import main
 
 main()

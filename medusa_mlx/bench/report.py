@@ -1,84 +1,18 @@
-"""Helpers for ``medusa_mlx.bench``: prompt sets, environment record, summary
-statistics and the Rich table. No timing happens here."""
+"""The benchmark's record and table: per-method summary statistics, the
+environment (versions, device, BLAS) and the Rich rendering. No timing happens here."""
 
-import json
 import os
 import platform
 import statistics
-from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
 
 from ..blas import blas_info
+from .runs import Method, Run
 
 SCHEMA = "medusa-mlx-bench/1"
-
-CHAT_PROMPTS = [
-    "What is the capital of France, and what is it famous for?",
-    "Explain in a few sentences why the sky is blue.",
-    "Write a short poem about the sea.",
-    "Give me three tips for learning a new programming language.",
-    "What is the difference between a list and a tuple in Python?",
-    "Summarise the water cycle for a ten-year-old.",
-]
-STORY_OPENINGS = [
-    "Once upon a time, there was a little girl named Lily.",
-    "Tom had a red ball. One day,",
-    "The sun was shining and the birds were singing in the park.",
-    "Once upon a time, a small dog lived in a big house.",
-    "Sam and his mom went to the store to buy",
-    "There was a big tree in the garden.",
-]
-
-
-@dataclass
-class Prompt:
-    text: str
-    ids: list[int] = field(default_factory=list)
-
-
-def builtin_prompts(chat: bool) -> list[str]:
-    """Chat questions and story openings, alternating, for chat models; story
-    openings only for base models (a 260K-parameter story model has no use for
-    questions, and their answers would only measure noise)."""
-    if not chat:
-        return list(STORY_OPENINGS)
-    mixed = []
-    for question, story in zip(CHAT_PROMPTS, STORY_OPENINGS):
-        mixed += [question, story]
-    return mixed
-
-
-def read_prompts(path: Path) -> list[str]:
-    """One JSON object ``{"prompt": "..."}`` per line; blank lines are skipped."""
-    prompts = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise ValueError(f'{path}:{number}: expected an object with a "prompt" string')
-        prompts.append(record["prompt"])
-    if not prompts:
-        raise ValueError(f"{path}: no prompts")
-    return prompts
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    """Chat models get the prompt through their chat template, as a user would."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": text}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        return list(ids)
-    add_special = tokenizer.bos_token is None or not text.startswith(tokenizer.bos_token)
-    return list(tokenizer.encode(text, add_special_tokens=add_special))
-
 
 def _version(package: str) -> Optional[str]:
     try:
@@ -147,6 +81,69 @@ def spread(values: list[float]) -> dict:
         "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
         "values": values,
     }
+
+
+def _mean(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def summarize(method: Method, baseline: Method) -> dict:
+    tps = [r.tokens_per_s for r in method.runs if r.tokens_per_s is not None]
+    ratios = [
+        r.tokens_per_s / b.tokens_per_s
+        for r, b in zip(method.runs, baseline.runs)
+        if r.tokens_per_s and b.tokens_per_s
+    ]
+    steps = sum(r.steps for r in method.runs)
+    decode_tokens = sum(r.decode_tokens for r in method.runs)
+    decode_s = sum(r.decode_s for r in method.runs)
+    record = {
+        "name": method.name,
+        "kind": method.kind,
+        "tree": method.tree,
+        "tree_size": method.tree_size,
+        "tokens_per_s": spread(tps),
+        "end_to_end_tokens_per_s": spread(
+            [len(r.tokens) / r.total_s for r in method.runs if r.total_s > 0]
+        ),
+        "speedup_median": statistics.median(ratios) if ratios else None,
+        "speedup_per_prompt": ratios,
+        "generated_tokens": [len(r.tokens) for r in method.runs],
+        "steps": steps,
+        "mean_tokens_per_step": decode_tokens / steps if steps else None,
+        "mean_accepted_per_step": sum(r.accepted for r in method.runs) / steps if steps else None,
+        "ms_per_step_timed": 1e3 * decode_s / steps if steps else None,
+        "peak_memory_gb": max((r.peak_memory for r in method.runs), default=0) / 1e9,
+        "output_equal": all(method.equal) if method.equal else None,
+        "output_equal_per_prompt": method.equal,
+        "step_ms": _profile_split(method.profiles),
+    }
+    return record
+
+
+def _profile_split(profiles: list[Run]) -> Optional[dict]:
+    steps = [t for run in profiles for t in run.timings]
+    if not steps:
+        return None
+    ms = {
+        phase: 1e3 * _mean([getattr(t, phase) for t in steps])
+        for phase in ("total", "heads", "verify", "accept")
+    }
+    # Medusa's own cost per step: everything but the backbone's forward.
+    ms["overhead_fraction"] = (ms["heads"] + ms["accept"]) / ms["verify"]
+    ms["profiled_steps"] = len(steps)
+    return ms
+
+
+def dtype_of(backbone) -> str:
+    from mlx.utils import tree_flatten
+
+    dtypes = {str(v.dtype).replace("mlx.core.", "") for _, v in tree_flatten(backbone.parameters())}
+    if "uint32" in dtypes:
+        return "quantized"
+    dense = sorted(dtypes - {"int32"})
+    return "/".join(dense) if dense else "unknown"
 
 
 def _fmt(value, spec: str = ".1f", missing: str = "-") -> str:

@@ -20,13 +20,15 @@ from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
 from mlx_lm.generate import generate_step
+from mlx_lm.models.cache import trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
+from mlx_lm.utils import common_prefix_len
 
 from .stats import SessionStats, TurnStats
 from ..generate import ContextLengthError, medusa_generate_step
 from ..model import MedusaModel
 from ..acceptors import make_acceptor
-from ..tree import PRESETS, model_tree
+from ..tree import PRESETS, tree_for_model
 
 HELP = """\
 /help            this help
@@ -54,24 +56,6 @@ class CommandResult:
     text: str = ""
     quit: bool = False
     error: bool = False
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def trim_cache(cache: list, length: int) -> None:
-    """Forget every cached position from ``length`` on (mlx-lm's KVCache keeps
-    its buffers and overwrites them from ``offset``)."""
-    for c in cache:
-        if c.offset < length:
-            raise RuntimeError(f"cache holds {c.offset} tokens, cannot keep {length}")
-        c.offset = length
 
 
 def _join(parts: list[str]) -> str:
@@ -106,7 +90,7 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.system = system
         self.max_tokens = max_tokens
-        self.tree = model_tree(tree, model)
+        self.tree = tree_for_model(tree, model)
         self.medusa = medusa
         self.eos = set(tokenizer.eos_token_ids)
         # temp 0 is greedy (exact); otherwise Medusa accepts with ``accept``
@@ -129,7 +113,11 @@ class ChatSession:
     def reset(self) -> None:
         self.messages = []
         self.cached = []
-        trim_cache(self.cache, 0)
+        self._keep_cached(0)
+
+    def _keep_cached(self, length: int) -> None:
+        """Forget every cached position from ``length`` on (never more than the cache holds)."""
+        trim_prompt_cache(self.cache, max(self.cache[0].offset - length, 0))
 
     def render(self, messages: list[dict]) -> list[int]:
         """The whole conversation as token ids, ready for the next answer."""
@@ -154,8 +142,8 @@ class ChatSession:
         self.messages.append({"role": "user", "content": text})
         ids = self.render(self.messages)
         # Always feed at least one token: its logits give the first answer token.
-        keep = min(common_prefix(self.cached, ids), len(ids) - 1)
-        trim_cache(self.cache, keep)
+        keep = min(common_prefix_len(self.cached, ids), len(ids) - 1)
+        self._keep_cached(keep)
         self.cached = ids[:keep]
         turn = TurnStats(self.medusa, self.tree.name, prompt_tokens=len(ids) - keep, cached_tokens=keep)
         context = self.model.context_length
@@ -175,7 +163,7 @@ class ChatSession:
         # Whatever happened, the cache now holds at least what we recorded;
         # cut it back to exactly that (the last emitted token is never in it).
         self.cached = ids + generated[:-1] if generated else ids[:keep]
-        trim_cache(self.cache, len(self.cached))
+        self._keep_cached(len(self.cached))
         if generated:
             self.messages.append({"role": "assistant", "content": turn.text})
         else:
@@ -302,7 +290,7 @@ class ChatSession:
         if not name:
             return CommandResult(f"tree {self.tree.name}; presets: {', '.join(PRESETS)}")
         try:
-            self.tree = model_tree(name, self.model)
+            self.tree = tree_for_model(name, self.model)
         except ValueError as e:
             return CommandResult(str(e), error=True)
         return CommandResult(f"tree {self.tree.name}: {self.tree.size} nodes, depth {self.tree.depth}")

@@ -56,7 +56,10 @@ class HeadWeights:
 
 
 @dataclass
-class MedusaCheckpoint:
+class SourceHeads:
+    """Head tensors read from a source checkpoint (torch Medusa-1/2, vLLM), before
+    they become MLX heads (not a training checkpoint: see ``training.checkpoints``)."""
+
     format: str
     heads: List[HeadWeights]
     hidden_size: int
@@ -153,8 +156,8 @@ def _format_from_names(names: List[str], config: dict) -> Optional[str]:
     return None
 
 
-def parse(source: Source, expand_vocab: bool = False) -> MedusaCheckpoint:
-    """Load the head tensors of ``source`` into a :class:`MedusaCheckpoint`."""
+def parse(source: Source, expand_vocab: bool = False) -> SourceHeads:
+    """Load the head tensors of ``source`` into a :class:`SourceHeads`."""
     if source.format == "vllm":
         return _parse_vllm(source, expand_vocab)
     names = source.tensors.names()
@@ -184,7 +187,7 @@ def parse(source: Source, expand_vocab: bool = False) -> MedusaCheckpoint:
     return checkpoint
 
 
-def _parse_vllm(source: Source, expand_vocab: bool) -> MedusaCheckpoint:
+def _parse_vllm(source: Source, expand_vocab: bool) -> SourceHeads:
     names = source.tensors.names()
     wanted = [n for n in names if VLLM_BLOCK.match(n) or VLLM_PROJ.match(n)
               or VLLM_TOKEN_MAP.match(n)]
@@ -313,13 +316,13 @@ def _check_shapes(heads: List[HeadWeights], where: str) -> None:
             )
 
 
-def _checkpoint(source: Source, heads: List[HeadWeights]) -> MedusaCheckpoint:
+def _checkpoint(source: Source, heads: List[HeadWeights]) -> SourceHeads:
     first = heads[0]
     hidden = first.blocks[0][0].shape[-1] if first.blocks else first.lm_head.shape[-1]
     vocab = first.lm_head.shape[0] if first.lm_head is not None else None
     if vocab is None and isinstance(source.config.get("vocab_size"), int):
         vocab = source.config["vocab_size"]
-    return MedusaCheckpoint(source.format, heads, int(hidden), vocab, source.config,
+    return SourceHeads(source.format, heads, int(hidden), vocab, source.config,
                             source.tensors.files)
 
 

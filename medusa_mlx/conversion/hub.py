@@ -1,7 +1,8 @@
 """Turn a converter input (local path or Hugging Face hub id) into a local path.
 
-Hub downloads go through ``huggingface_hub.snapshot_download``, so the local cache,
-``HF_HUB_OFFLINE=1`` and ``HF_HUB_CACHE`` work as everywhere else. Only config and
+Hub downloads go through ``load.hub_snapshot`` (the one download path, also used
+for heads folders), so the local cache, ``HF_HUB_OFFLINE=1`` and ``HF_HUB_CACHE`` work
+as everywhere else. Only config and
 weights files are fetched, and for full models only the shards that hold head tensors.
 """
 
@@ -10,8 +11,10 @@ import re
 from pathlib import Path
 from typing import List, Optional
 
+from ..errors import NotFoundError
+from ..load import hub_snapshot
 from .formats import FULL_MODEL_PREFIX, HEADS_FILES, VLLM_BLOCK, VLLM_PROJ
-from .tensor_files import ConversionError
+from ..errors import ConversionError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 CONFIG_PATTERNS = ["*.json"]
@@ -55,21 +58,7 @@ def _head_shards(index_path: Path) -> List[str]:
 
 
 def _snapshot(repo_id: str, revision: Optional[str], patterns: List[str]) -> Path:
-    # Imported here: huggingface_hub is only needed for hub ids.
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-    )
-
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
-            OfflineModeIsEnabled) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(
-            f"no such file or folder {repo_id!r}, and the Hugging Face hub could not "
-            f"provide it ({first_line})"
-        ) from None
+        return hub_snapshot(repo_id, revision, patterns)
+    except NotFoundError as e:
+        raise ConversionError(str(e)) from None

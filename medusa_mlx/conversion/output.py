@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from .formats import MedusaCheckpoint
+from .formats import SourceHeads
 from ..heads import HeadsArgs, MedusaHeads, load_heads
 from .tensor_files import ConversionError
 
@@ -19,7 +19,7 @@ DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
 FLOAT16_MAX = 65504.0
 
 
-def build_heads(checkpoint: MedusaCheckpoint, dtype: str) -> MedusaHeads:
+def build_heads(checkpoint: SourceHeads, dtype: str) -> MedusaHeads:
     args = HeadsArgs(
         hidden_size=checkpoint.hidden_size,
         vocab_size=checkpoint.vocab_size,
@@ -83,7 +83,7 @@ def read_base_config(base: Path) -> dict:
     return config.get("text_config", config) if isinstance(config, dict) else {}
 
 
-def check_against_base(checkpoint: MedusaCheckpoint, base: Path) -> dict:
+def check_against_base(checkpoint: SourceHeads, base: Path) -> dict:
     """Fail naming exactly what differs; fill in the vocab size of shared-lm_head heads."""
     config = read_base_config(base)
     hidden, vocab = config.get("hidden_size"), config.get("vocab_size")

@@ -93,10 +93,12 @@ def main(argv=None):
 def _main(argv):
     from rich.console import Console
 
-    from ..model import split_backbone, wrap
-    from .data import load_backbone, prepare
+    from ..backbone import split_backbone
+    from ..model import medusa_model
+    from ..load import load_backbone
+    from .data import prepare
     from .tree_search import choose_tree_for
-    from .evaluate import decoding_scoring, head_accuracy
+    from .evaluate import decoding_projection, head_accuracy
 
     args = configure_parser().parse_args(argv)
     if args.head_vocab and not args.shared_lm_head:
@@ -109,7 +111,7 @@ def _main(argv):
     console = Console()
     tic = time.perf_counter()
     mx.random.seed(args.seed)
-    backbone, tokenizer = load_backbone(args.model)
+    backbone, tokenizer, _ = load_backbone(args.model)
     body, lm_head = split_backbone(backbone)
     data_config = DataConfig(files=args.data, mode=args.mode, held_out=args.held_out,
                              prompt_tokens=args.prompt_tokens,
@@ -148,8 +150,8 @@ def _main(argv):
     if args.keep_heads is not None:
         keep_heads(heads, args.keep_heads)
     heads.set_dtype(getattr(mx, args.dtype))
-    model = wrap(backbone, heads)  # the heads as decoding runs them (head vocabulary included)
-    projection, _ = decoding_scoring(model)
+    model = medusa_model(backbone, heads)  # the heads as decoding runs them (head vocabulary included)
+    projection, _ = decoding_projection(model)
     if vocab_ids is not None:
         from .head_vocab import coverage
 

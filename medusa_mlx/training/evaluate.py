@@ -19,8 +19,7 @@ import numpy as np
 
 from ..cli import ArgumentParser
 from ..heads import MedusaHeads
-from .trainer import teacher_tokens
-from .data import IGNORE, Features
+from .data import IGNORE, Features, relabel, teacher_tokens
 
 RANKS = 10
 
@@ -43,11 +42,8 @@ def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int
             raise ValueError("sequential heads need features with next_tokens")
         forced = teacher_tokens(data.next_tokens, data.labels[:, : heads.num_heads - 1])
     if vocab is not None:
-        # Labels become vocabulary slots; one outside the vocabulary becomes IGNORE,
-        # which ranks ``ranks`` like a position without a label.
-        slots = np.full(max(int(vocab.max()), int(data.labels.max())) + 1, IGNORE, np.int32)
-        slots[vocab] = np.arange(len(vocab), dtype=np.int32)
-        labels = np.where(data.labels == IGNORE, IGNORE, slots[np.maximum(data.labels, 0)])
+        # A label outside the vocabulary ranks ``ranks``, like a position without one.
+        labels = relabel(data.labels, vocab)
         return _label_ranks(heads, lm_head, Features(data.hidden, labels, data.next_tokens),
                             ranks, batch_size, embed, mx.array(vocab), forced)
     return _label_ranks(heads, lm_head, data, ranks, batch_size, embed, None, forced)
@@ -98,7 +94,7 @@ def head_accuracy(heads: MedusaHeads, lm_head: Callable, data: Features,
     }
 
 
-def decoding_scoring(model) -> tuple:
+def decoding_projection(model) -> tuple:
     """(projection, head vocabulary ids or None): how decoding scores a wrapped
     model's heads, for ``head_ranks`` / ``head_accuracy``."""
     vocab = None if model.head_vocab is None else np.array(model.head_vocab)
@@ -109,7 +105,7 @@ def features_accuracy(model, data: Features) -> dict:
     """Head accuracy of a wrapped model's heads as decoding scores them (head
     vocabulary included): fed their own guesses and, for sequential heads, the
     true earlier tokens (what branch drafting gives the right path)."""
-    project, vocab = decoding_scoring(model)
+    project, vocab = decoding_projection(model)
     ways = {"own guesses": False}
     if model.heads.args.sequential:
         ways["true tokens"] = True
@@ -128,9 +124,9 @@ def mean_accepted_length(model, prompts: list, tree, max_tokens: int, eos_ids=()
     tokens = steps = 0
     tic = time.perf_counter()
     for prompt in prompts:
-        for i, step in enumerate(medusa_generate_step(prompt, model, max_tokens=max_tokens,
-                                                      tree=tree, eos_token_ids=eos_ids)):
-            if i > 0:  # the prefill step emits one token without the heads
+        for step in medusa_generate_step(prompt, model, max_tokens=max_tokens, tree=tree,
+                                         eos_token_ids=eos_ids):
+            if not step.is_prefill:
                 tokens += len(step.tokens)
                 steps += 1
     seconds = time.perf_counter() - tic
@@ -168,15 +164,16 @@ def main(argv=None):
 
 def _main(argv):
     from ..heads import load_heads
-    from ..model import wrap
-    from .data import load_backbone, load_features, prompt_ids, read_records, split_records
+    from ..model import medusa_model
+    from ..load import load_backbone
+    from .data import load_features, prompt_ids, read_records, split_records
 
     parser = configure_parser()
     args = parser.parse_args(argv)
     if args.trees and not args.data:
         parser.error("decoding held-out prompts needs --data (or pass --trees with no trees)")
-    backbone, tokenizer = load_backbone(args.model)
-    model = wrap(backbone, load_heads(args.heads))
+    backbone, tokenizer, _ = load_backbone(args.model)
+    model = medusa_model(backbone, load_heads(args.heads))
     results = {"heads": args.heads, "max_tokens": args.max_tokens,
                "held_out_accuracy": model.heads.args.extra.get("held_out_accuracy"),
                "trees": {}}

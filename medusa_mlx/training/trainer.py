@@ -20,8 +20,9 @@ import mlx.optimizers as optim
 import numpy as np
 
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..backbone import lm_head_weight
 from ..heads import HeadsArgs, MedusaHeads, init_heads
-from .data import IGNORE, MAX_LABEL_HEADS, Features
+from .data import IGNORE, MAX_LABEL_HEADS, Features, relabel, teacher_tokens
 
 @dataclass
 class TrainConfig:
@@ -74,11 +75,6 @@ def medusa_loss(heads: MedusaHeads, lm_head: Callable, hidden: mx.array, labels:
     return total, (mx.stack(correct), mx.stack(counts))
 
 
-def lm_head_weight(lm_head: Callable, hidden_size: int) -> mx.array:
-    """(V, H) matrix of any projection, quantized or tied: lm_head(I) = W^T."""
-    return lm_head(mx.eye(hidden_size)).T
-
-
 def fresh_heads(lm_head: Callable, hidden_size: int, vocab_size: int,
                 config: TrainConfig) -> MedusaHeads:
     """Medusa's training init: zero blocks; own projections start as the base lm_head."""
@@ -86,13 +82,6 @@ def fresh_heads(lm_head: Callable, hidden_size: int, vocab_size: int,
                      config.shared_lm_head, config.sequential)
     weight = None if config.shared_lm_head else lm_head_weight(lm_head, hidden_size)
     return init_heads(args, seed=config.seed, zero_blocks=True, lm_head_weight=weight)
-
-
-def teacher_tokens(next_tokens: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(N,) z[t+1] and (N, >=K-1) labels z[t+2+k] -> (N, K) the true token each
-    sequential head sees: z[t+1] for head 0, head k-1's target for head k. Past
-    a sequence's end (no label) any token will do: that head's loss is masked too."""
-    return np.concatenate([next_tokens[:, None], np.maximum(labels, 0)], axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -203,10 +192,7 @@ def restrict_vocab(lm_head: Callable, labels: np.ndarray, args: HeadsArgs,
         observed = np.unique(labels[labels != IGNORE])
     weight = lm_head_weight(lm_head, args.hidden_size)[mx.array(observed)]
     mx.eval(weight)
-    renumber = np.full(args.vocab_size, IGNORE, dtype=np.int32)
-    renumber[observed] = np.arange(len(observed), dtype=np.int32)
-    relabelled = np.where(labels == IGNORE, IGNORE, renumber[np.maximum(labels, 0)])
-    return (lambda x: x @ weight.T), relabelled
+    return (lambda x: x @ weight.T), relabel(labels, observed)
 
 
 def _tree_add(a, b):

@@ -19,19 +19,13 @@ presets and every prefix of a greedily grown tree (best node first).
 """
 
 import heapq
-import time
 from dataclasses import dataclass, field
 
-import mlx.core as mx
 import numpy as np
 
-from ..attention import tree_attention
-from ..draft import branch_plan, draft_candidates
+from ..cost import CostModel, measure_cost
+from ..tree import PRESETS, expanded_nodes
 from .data import IGNORE
-from ..tree import PRESETS, build_tree
-
-COST_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 65)
-
 
 def acceptance_masks(rank: np.ndarray, paths) -> dict:
     """rank (K, N) -> {path: bool (N,) accepted}."""
@@ -105,98 +99,6 @@ def grow_tree(rank: np.ndarray, max_nodes: int, max_rank: int = 10) -> list:
     return order
 
 
-def expanded_nodes(paths) -> int:
-    """Nodes with children (root included): how often sequential heads run when
-    drafting the tree branch by branch."""
-    return len({tuple(p[:-1]) for p in paths})
-
-
-@dataclass
-class CostModel:
-    """Seconds per plain decoding step and per verification of n tokens."""
-
-    plain: float
-    verify: dict  # tokens verified (root included) -> seconds
-    heads: dict  # depth -> seconds to draft a chain that deep
-    # Seconds per further node the heads expand (sequential heads draft each
-    # branch on its own: see draft.py); 0 for plain heads.
-    per_expanded_node: float = 0.0
-
-    def relative(self, tree_size: int, depth: int, expanded: int = 0) -> float:
-        sizes = sorted(self.verify)
-        verify = float(np.interp(tree_size, sizes, [self.verify[s] for s in sizes]))
-        extra = self.per_expanded_node * max(expanded - depth, 0)
-        return (verify + self.heads[depth] + extra) / self.plain
-
-
-def _min_seconds(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` runs: on a shared machine other work only ever adds
-    time, so the minimum is the least noisy estimate of the cost itself."""
-    fn()  # warm-up (graph building, allocations)
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return float(np.min(times))
-
-
-def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128,
-                 repeats: int = 9) -> CostModel:
-    """Time verification forwards of ``sizes`` tokens after a ``prefix_len``-token
-    prompt, and drafting chains (and, for sequential heads, a wide tree)."""
-    rng = np.random.default_rng(0)
-    vocab = model.heads.args.vocab_size
-    cache = model.make_cache()
-    model.body(mx.array(rng.integers(0, vocab, (1, prefix_len))), cache=cache)
-    mx.eval([c.state for c in cache])
-
-    def plain_step():
-        _, logits = model.forward(mx.array([[1]]), cache)
-        mx.eval(mx.argmax(logits[0, -1]))
-        for c in cache:
-            c.trim(1)
-
-    def verify(n):
-        tree = build_tree([(0,) * d for d in range(1, n)] or [(0,)])
-        mask, depths = mx.array(tree.mask[:n, :n]), mx.array(tree.depths[:n])
-        tokens = mx.array(rng.integers(0, vocab, (1, n)))
-
-        def run():
-            with tree_attention(model.rope_owners, cache, mask, depths):
-                hidden, logits = model.forward(tokens, cache)
-            mx.eval(hidden, mx.argmax(logits, axis=-1))
-            for c in cache:
-                c.trim(n)
-
-        return run
-
-    hidden = mx.random.normal((model.heads.args.hidden_size,))
-
-    def draft(paths):
-        tree = build_tree(paths)
-        plan = branch_plan(tree) if model.heads.args.sequential else None
-        return lambda: mx.eval(draft_candidates(model, hidden, 1, tree, plan))
-
-    K = model.num_heads
-    plain = _min_seconds(plain_step, repeats)
-    verify_cost = {n: _min_seconds(verify(n), repeats) for n in sizes}
-    chains = {d: [(0,) * i for i in range(1, d + 1)] for d in range(1, K + 1)}
-    heads_cost = {d: _min_seconds(draft(chain), repeats) for d, chain in chains.items()}
-    per_node = 0.0
-    wide = [p for p in PRESETS["tree-64"] if len(p) <= K]
-    if model.heads.args.sequential and expanded_nodes(wide) > K:
-        extra = _min_seconds(draft(wide), repeats) - heads_cost[K]
-        per_node = max(extra, 0.0) / (expanded_nodes(wide) - K)
-    # More tokens never cost less: smooth what timing noise is left.
-    sizes = sorted(verify_cost)
-    monotone = np.maximum.accumulate([verify_cost[n] for n in sizes])
-    verify_cost = {n: float(t) for n, t in zip(sizes, monotone)}
-    heads_cost = dict(zip(sorted(heads_cost),
-                          np.maximum.accumulate([heads_cost[d] for d in sorted(heads_cost)])))
-    return CostModel(plain, verify_cost, {d: float(t) for d, t in heads_cost.items()}, per_node)
-
-
 @dataclass
 class TreeChoice:
     name: str
@@ -268,12 +170,12 @@ def choose_tree(rank: np.ndarray, cost: CostModel, max_nodes: int = 64,
 
 def choose_tree_for(model, held_out, max_nodes: int = 64) -> TreeChoice:
     """Measure acceptance on ``held_out`` features and cost on this machine."""
-    from .evaluate import decoding_scoring, head_ranks
+    from .evaluate import decoding_projection, head_ranks
 
     # Scored as decoding runs the heads: only head-vocabulary tokens can be
     # proposed, and sequential heads draft each branch with its own tokens
     # (draft.py), so the node on the right path sees the true tokens.
-    project, vocab = decoding_scoring(model)
+    project, vocab = decoding_projection(model)
     rank = head_ranks(model.heads, project, held_out, embed=model.embed, vocab=vocab,
                       teacher_forced=True)
     return choose_tree(rank, measure_cost(model), max_nodes, sequence_ends(held_out.labels))
@@ -290,8 +192,9 @@ def main(argv=None):
 def _main(argv):
     from ..cli import ArgumentParser
     from ..heads import load_heads, save_heads
-    from ..model import wrap
-    from .data import load_backbone, load_features
+    from ..model import medusa_model
+    from ..load import load_backbone
+    from .data import load_features
 
     p = ArgumentParser(description=main.__doc__)
     p.add_argument("--model", required=True)
@@ -299,9 +202,9 @@ def _main(argv):
     p.add_argument("--features", required=True, help="held-out features-*.npz from training")
     p.add_argument("--max-tree-nodes", type=int, default=64)
     args = p.parse_args(argv)
-    backbone, _ = load_backbone(args.model)
+    backbone, _, _ = load_backbone(args.model)
     heads = load_heads(args.heads)
-    choice = choose_tree_for(wrap(backbone, heads), load_features(args.features),
+    choice = choose_tree_for(medusa_model(backbone, heads), load_features(args.features),
                              args.max_tree_nodes)
     heads.args.extra["tree"] = choice.paths
     heads.args.extra["tree_choice"] = choice.summary()

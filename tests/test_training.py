@@ -10,9 +10,8 @@ import pytest
 from mlx.utils import tree_flatten
 from tiny_models import greedy_sequences, tiny_model
 
-from medusa_mlx.generate import medusa_generate_step
-from medusa_mlx.heads import HeadsArgs, init_heads, save_heads
-from medusa_mlx.model import split_backbone, wrap
+from medusa_mlx.heads import HeadsArgs, init_heads
+from medusa_mlx.backbone import split_backbone
 from medusa_mlx.training.trainer import (
     TrainConfig,
     fresh_heads,
@@ -23,8 +22,9 @@ from medusa_mlx.training.trainer import (
     train,
 )
 from medusa_mlx.training.data import IGNORE, compute_features, head_labels
-from medusa_mlx.tree import auto_tree, build_tree, resolve_tree
-from medusa_mlx.training.tree_search import CostModel, choose_tree, expanded_nodes, expected_length, grow_tree
+from medusa_mlx.cost import CostModel
+from medusa_mlx.training.tree_search import choose_tree, expected_length, grow_tree
+from medusa_mlx.tree import expanded_nodes
 
 
 class WordTokenizer:
@@ -158,24 +158,6 @@ def test_same_seed_same_heads(backbone, features):
         runs.append(_params(heads))
     for k in runs[0]:
         np.testing.assert_array_equal(runs[0][k], runs[1][k])
-
-
-def test_tree_auto_resolves_from_heads_config(backbone, tmp_path):
-    from medusa_mlx.heads import load_heads
-
-    args = HeadsArgs(64, 128, num_heads=3, num_layers=1)
-    heads = init_heads(args)
-    paths = [[0], [1], [0, 0]]
-    save_heads(tmp_path, heads, extra_config={"tree": paths})
-    assert json.loads((tmp_path / "config.json").read_text())["tree"] == paths
-    model = wrap(backbone, load_heads(tmp_path))
-    assert auto_tree(model) == [(0,), (1,), (0, 0)]
-    steps = list(medusa_generate_step([1, 2, 3], model, max_tokens=12, tree="auto"))
-    assert {s.tree_size for s in steps[1:]} == {build_tree(paths).size}
-    with pytest.raises(ValueError, match="auto_tree"):
-        resolve_tree("auto", 3)
-    # Heads without a stored tree fall back to a small preset.
-    assert auto_tree(wrap(backbone, init_heads(args))) == "tree-8"
 
 
 def test_tree_choice_from_measured_acceptance_and_cost():

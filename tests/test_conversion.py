@@ -18,6 +18,7 @@ from medusa_mlx.conversion.convert import convert
 from medusa_mlx.heads import load_heads
 from medusa_mlx.conversion.tensor_files import ConversionError
 from medusa_mlx.conversion.torch_pickle import load_torch_checkpoint
+from required_data import require_file
 
 REPO = Path(__file__).resolve().parents[1]
 PWNED = Path("/tmp/medusa_fixture_pwned")
@@ -32,10 +33,7 @@ FIXTURE_FILES = {
 
 @pytest.fixture(scope="session")
 def fixtures(shared_dir) -> Path:
-    path = shared_dir / "fixtures" / "medusa"
-    if not path.is_dir():
-        pytest.skip(f"no Medusa fixtures in {path}")
-    return path
+    return require_file(shared_dir / "fixtures" / "medusa")
 
 
 def mlx_name(name: str) -> str:

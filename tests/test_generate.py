@@ -9,7 +9,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from medusa_mlx.attention import UnsupportedModelError, tree_attention
 from medusa_mlx.generate import ContextLengthError, medusa_generate_step
 from medusa_mlx.model import attach_heads
-from medusa_mlx.tree import PRESETS, build_tree, resolve_tree
+from medusa_mlx.tree import tree_from_spec
 from tiny_models import ARCHITECTURES, tiny_model
 
 PROMPT = [1, 5, 9, 17, 33, 2, 64]
@@ -66,7 +66,7 @@ def test_oracle_heads_accept_full_depth(tree):
             PROMPT, model, max_tokens=len(ref), tree=tree, proposer=oracle(PROMPT + ref)
         )
     )
-    depth = resolve_tree(tree, 4).depth
+    depth = tree_from_spec(tree, 4).depth
     assert [t for s in steps for t in s.tokens] == ref
     decode = steps[1:]
     assert all(s.accepted == depth for s in decode[:-1])
@@ -78,7 +78,7 @@ def test_oracle_heads_accept_full_depth(tree):
 def test_tree_logits_equal_path_decoding(arch):
     backbone = tiny_model(arch)
     model = attach_heads(backbone)
-    tree = resolve_tree("tree-64", 4)
+    tree = tree_from_spec("tree-64", 4)
     rng = np.random.default_rng(0)
     candidates = rng.integers(0, 128, size=tree.size)
     cache = model.make_cache()
@@ -163,39 +163,15 @@ def test_unsupported_architecture_is_refused():
         attach_heads(backbone)
 
 
-def test_tree_buffers():
-    tree = build_tree([(0,), (1,), (0, 0), (0, 1)])
-    assert tree.paths == ((), (0,), (1,), (0, 0), (0, 1))
-    assert tree.parents.tolist() == [-1, 0, 0, 1, 1]
-    assert tree.depths.tolist() == [0, 1, 1, 2, 2]
-    assert tree.mask.astype(int).tolist() == [
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [1, 0, 1, 0, 0],
-        [1, 1, 0, 1, 0],
-        [1, 1, 0, 0, 1],
-    ]
-    # [root, head0 rank0, head0 rank1, head1 rank0, head1 rank1]
-    assert tree.gather.tolist() == [0, 1, 2, 3, 4]
-    assert tree.retrieve.tolist() == [[0, 2, -1], [0, 1, 3], [0, 1, 4]]
-    with pytest.raises(ValueError, match="no parent"):
-        build_tree([(0, 0)])
-    sizes = {name: resolve_tree(name, 5).size for name in PRESETS}
-    assert sizes["tree-8"] == 8 and sizes["tree-16"] == 16
-    assert sizes["tree-32"] == 32 and sizes["tree-64"] == 64
-    assert [sizes[f"chain-{n}"] for n in range(1, 6)] == [2, 3, 4, 5, 6]
-    assert resolve_tree("tree-64", 2).depth == 2
-
-
 def test_head_vocab_restricts_candidates_and_keeps_output_exact():
     from medusa_mlx.draft import heads_topk
     from medusa_mlx.heads import HeadsArgs, init_heads
-    from medusa_mlx.model import wrap
+    from medusa_mlx.model import medusa_model
 
     backbone = tiny_model("qwen2")  # tied embeddings: the shared projection is embed_tokens
     vocab = list(range(0, 128, 3))
     args = HeadsArgs(64, 128, num_heads=3, shared_lm_head=True, extra={"head_vocab": vocab})
-    model = wrap(backbone, init_heads(args, seed=2))
+    model = medusa_model(backbone, init_heads(args, seed=2))
     hidden = model.body(mx.array([PROMPT]))[0, -1]
     # The sliced projection scores exactly what the full one scores on those ids.
     full = model.heads(hidden, model.lm_head, 3)

@@ -14,19 +14,19 @@ import pytest
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_sampler
 
-from medusa_mlx.accept import GreedyAcceptor
 from medusa_mlx.attention import tree_attention
 from medusa_mlx.draft import heads_topk
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.model import attach_heads
 from medusa_mlx.acceptors import (
+    GreedyAcceptor,
     LosslessAcceptor,
     SamplerSettings,
     TypicalAcceptor,
     make_acceptor,
     sampling_probs,
 )
-from medusa_mlx.tree import build_tree, resolve_tree
+from medusa_mlx.tree import build_tree, tree_from_spec
 from tiny_models import VOCAB, tiny_model
 
 PROMPT = [1, 5, 9, 17, 33, 2, 64]
@@ -130,7 +130,7 @@ def greedy_oracle(backbone):
 
 def tree_step(model, backbone, tree_name, heads):
     """Candidates and tree logits of the first decoding step after PROMPT,ROOT."""
-    tree = resolve_tree(tree_name, model.num_heads)
+    tree = tree_from_spec(tree_name, model.num_heads)
     cache = model.make_cache()
     hidden, _ = model.forward(mx.array(PROMPT)[None], cache)
     if heads == "poor":

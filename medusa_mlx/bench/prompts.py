@@ -1,0 +1,54 @@
+"""The benchmark's prompts: a built-in set (chat questions and story openings)
+or a JSONL file of ``{"prompt": ...}`` lines. Chat models get each prompt through
+their chat template, as a user would (``generate.encode_prompt``)."""
+
+import json
+from pathlib import Path
+
+
+CHAT_PROMPTS = [
+    "What is the capital of France, and what is it famous for?",
+    "Explain in a few sentences why the sky is blue.",
+    "Write a short poem about the sea.",
+    "Give me three tips for learning a new programming language.",
+    "What is the difference between a list and a tuple in Python?",
+    "Summarise the water cycle for a ten-year-old.",
+]
+STORY_OPENINGS = [
+    "Once upon a time, there was a little girl named Lily.",
+    "Tom had a red ball. One day,",
+    "The sun was shining and the birds were singing in the park.",
+    "Once upon a time, a small dog lived in a big house.",
+    "Sam and his mom went to the store to buy",
+    "There was a big tree in the garden.",
+]
+
+
+def builtin_prompts(chat: bool) -> list[str]:
+    """Chat questions and story openings, alternating, for chat models; story
+    openings only for base models (a 260K-parameter story model has no use for
+    questions, and their answers would only measure noise)."""
+    if not chat:
+        return list(STORY_OPENINGS)
+    mixed = []
+    for question, story in zip(CHAT_PROMPTS, STORY_OPENINGS):
+        mixed += [question, story]
+    return mixed
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One JSON object ``{"prompt": "..."}`` per line; blank lines are skipped."""
+    prompts = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ValueError(f'{path}:{number}: expected an object with a "prompt" string')
+        prompts.append(record["prompt"])
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
