@@ -103,8 +103,14 @@ def run(args, group, rank: int, size: int) -> dict:
     accept = "lossless" if args.temp > 0 else "greedy"
     acceptor = make_acceptor(accept, temp=args.temp, seed=seed)
     faulty = group is not None and rank == size - 1
+    step_timeout = args.step_timeout
+    if faulty and args.hang_after:
+        # The hung rank's own watchdog must not race rank 0's: both last saw a step
+        # at nearly the same moment, and on a busy machine either could fire first.
+        # Three times as long makes rank 0's watchdog the one under test.
+        step_timeout *= 3
     guarded = (
-        distributed.lockstep(group, args.check_every, args.step_timeout)
+        distributed.lockstep(group, args.check_every, step_timeout)
         if group is not None
         else nullcontext(None)
     )
