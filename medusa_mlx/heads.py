@@ -28,6 +28,20 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .errors import ConfigError
+from .safe_files import inside, is_int, read_json, read_safetensors_header, regular_file
+from .tree import check_paths
+
+# Sane ranges for heads configs: real vocabularies reach 262k tokens (Gemma 3), hidden
+# sizes 16k (Llama 3.1 405B), Medusa uses 1-5 heads of 1-2 blocks. A config beyond them
+# is refused before anything is built (10^9 heads or a group size of 0 crashed MLX).
+MAX_VOCAB = 1 << 20
+MAX_HIDDEN = 1 << 16
+MAX_HEADS = 64
+MAX_LAYERS = 64
+QUANT_GROUP_SIZES = (32, 64, 128)  # what mx.quantize accepts
+QUANT_BITS = (2, 3, 4, 5, 6, 8)
+
 
 @dataclass
 class HeadsArgs:
@@ -66,15 +80,63 @@ class HeadsArgs:
             "sequential_heads",
             "quantization",
         }
+        check_config(config)
         return cls(
             hidden_size=config["hidden_size"],
-            vocab_size=config["vocab_size"],
+            vocab_size=config.get("vocab_size"),
             num_heads=config["medusa_num_heads"],
             num_layers=config["medusa_num_layers"],
             shared_lm_head=bool(config.get("shared_lm_head", False)),
             sequential=bool(config.get("sequential_heads", False)),
             extra={k: v for k, v in config.items() if k not in known},
         )
+
+
+def _check_int(config: dict, key: str, low: int, high: int, optional: bool = False) -> None:
+    value = config.get(key)
+    if value is None and optional:
+        return
+    if not is_int(value) or not low <= value <= high:
+        raise ConfigError(f"heads config {key} is {value!r:.40}, expected an integer "
+                          f"from {low} to {high}")
+
+
+def check_config(config: dict) -> None:
+    """Every value of a heads config (see the README's Heads format) within its sane
+    range, before anything is allocated from it."""
+    shared = config.get("shared_lm_head", False)
+    for key in ("shared_lm_head", "sequential_heads"):
+        if not isinstance(config.get(key, False), bool):
+            raise ConfigError(f"heads config {key} is {config[key]!r:.40}, expected true/false")
+    _check_int(config, "hidden_size", 1, MAX_HIDDEN)
+    _check_int(config, "vocab_size", 1, MAX_VOCAB, optional=shared)
+    _check_int(config, "medusa_num_heads", 1, MAX_HEADS)
+    _check_int(config, "medusa_num_layers", 0, MAX_LAYERS)
+    if "quantization" in config:
+        q = config["quantization"]
+        if not (isinstance(q, dict) and q.get("group_size") in QUANT_GROUP_SIZES
+                and q.get("bits") in QUANT_BITS and is_int(q["bits"])):
+            raise ConfigError(f"heads config quantization {q!r:.80} needs group_size in "
+                              f"{QUANT_GROUP_SIZES} and bits in {QUANT_BITS}")
+        if config["hidden_size"] % q["group_size"]:
+            raise ConfigError(f"hidden_size {config['hidden_size']} is not a multiple of the "
+                              f"quantization group size {q['group_size']}")
+    if "tree" in config:
+        try:
+            check_paths(config["tree"], "heads config tree")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if config.get("head_vocab") is not None:
+        check_head_vocab(config["head_vocab"], config.get("vocab_size") or MAX_VOCAB)
+
+
+def check_head_vocab(ids, vocab_size: int) -> None:
+    """A head vocabulary is a list of distinct token ids of the backbone's vocabulary
+    (an id past it made MLX read out of bounds, or crash)."""
+    if not (isinstance(ids, list) and 0 < len(ids) <= vocab_size
+            and all(is_int(i) and 0 <= i < vocab_size for i in ids)
+            and len(set(ids)) == len(ids)):
+        raise ConfigError(f"head_vocab must be distinct token ids from 0 to {vocab_size - 1}")
 
 
 class ResBlock(nn.Module):
@@ -213,14 +275,17 @@ def save_heads(path, heads: MedusaHeads, extra_config: Optional[dict] = None) ->
 
 
 def load_heads(path) -> MedusaHeads:
-    """Read a heads folder written by :func:`save_heads` (or ``convert.py``)."""
+    """Read a heads folder written by :func:`save_heads` (or ``convert.py``).
+
+    The config is checked value by value and the weights file's header against the
+    config (names and shapes) before MLX reads anything."""
     path = Path(path)
-    config = json.loads((path / CONFIG_FILE).read_text())
+    config = read_json(inside(path, CONFIG_FILE, "heads config"), "heads config")
     if config.get("format") != "medusa-mlx":
-        raise ValueError(
+        raise ConfigError(
             f"{path} is not an MLX Medusa heads folder (convert torch heads with convert.py)"
         )
-    heads = MedusaHeads(HeadsArgs.from_config(config))
+    heads = MedusaHeads(HeadsArgs.from_config(config))  # lazy: nothing is computed yet
     if "quantization" in config:
         q = config["quantization"]
         nn.quantize(
@@ -229,9 +294,32 @@ def load_heads(path) -> MedusaHeads:
             bits=q["bits"],
             class_predicate=lambda p, m: p.endswith("lm_head"),
         )
-    heads.load_weights(str(path / WEIGHTS_FILE), strict=True)
+    weights = regular_file(inside(path, WEIGHTS_FILE, "heads weights"), "heads weights")
+    _check_tensors(weights, heads)
+    heads.load_weights(str(weights), strict=True)
     mx.eval(heads.parameters())
     return heads
+
+
+def _check_tensors(weights: Path, heads: MedusaHeads) -> None:
+    """The file holds exactly the tensors the config implies, in their shapes."""
+    found = read_safetensors_header(weights)
+    expected = {name: tuple(p.shape) for name, p in tree_flatten(heads.parameters())}
+    held = {int(n.split(".")[1]) for n in found if n.split(".")[:1] == ["heads"]
+            and n.split(".")[1].isdigit()}
+    if len(held) != heads.num_heads:
+        raise ConfigError(f"{weights} holds tensors of {len(held)} heads, its config says "
+                          f"medusa_num_heads={heads.num_heads}")
+    for name, shape in expected.items():
+        if name not in found:
+            raise ConfigError(f"{weights} has no tensor {name} (the config implies it)")
+        if found[name].shape != shape:
+            raise ConfigError(f"{weights}: {name} has shape {list(found[name].shape)}, "
+                              f"the config implies {list(shape)}")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise ConfigError(f"{weights} has tensor {extra[0]!r:.80}, which the config does not "
+                          "describe")
 
 
 def _quantization_of(heads: MedusaHeads) -> Optional[dict]:

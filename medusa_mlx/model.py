@@ -8,8 +8,8 @@ import mlx.nn as nn
 
 from .attention import make_tree_cache
 from .backbone import BackboneParts, inspect_backbone, lm_head_weight, model_type
-from .errors import UnsupportedModelError
-from .heads import HeadsArgs, MedusaHeads, init_heads
+from .errors import ConfigError, UnsupportedModelError
+from .heads import HeadsArgs, MedusaHeads, check_head_vocab, init_heads
 
 
 @dataclass
@@ -74,14 +74,14 @@ def medusa_model(backbone: nn.Module, heads: MedusaHeads) -> MedusaModel:
 def _assemble(backbone: nn.Module, heads: MedusaHeads, parts: BackboneParts) -> MedusaModel:
     owners, body, lm_head, hidden, vocab = parts
     if heads.args.hidden_size != hidden:
-        raise ValueError(
+        raise ConfigError(
             f"heads expect hidden size {heads.args.hidden_size}, the backbone has {hidden}"
         )
     # Shared-projection heads (Medusa v2) may not record a vocabulary: they use the backbone's.
     shared_unknown = heads.args.shared_lm_head and heads.args.vocab_size is None
     if heads.args.vocab_size != vocab and not shared_unknown:
-        raise ValueError(f"heads predict {heads.args.vocab_size} tokens, the backbone {vocab}")
-    head_vocab, head_projection = _head_vocab_projection(heads, lm_head, hidden)
+        raise ConfigError(f"heads predict {heads.args.vocab_size} tokens, the backbone {vocab}")
+    head_vocab, head_projection = _head_vocab_projection(heads, lm_head, hidden, vocab)
     embed = getattr(body, "embed_tokens", None)
     if heads.args.sequential and embed is None:
         raise UnsupportedModelError(
@@ -91,12 +91,14 @@ def _assemble(backbone: nn.Module, heads: MedusaHeads, parts: BackboneParts) -> 
                        embed)
 
 
-def _head_vocab_projection(heads: MedusaHeads, lm_head, hidden_size: int):
+def _head_vocab_projection(heads: MedusaHeads, lm_head, hidden_size: int, vocab_size: int):
     ids = heads.args.extra.get("head_vocab")
     if not ids:
         return None, None
     if not heads.args.shared_lm_head:
-        raise ValueError("head_vocab is only supported for heads that share the backbone's lm_head")
+        raise ConfigError("head_vocab is only supported for heads that share the backbone's "
+                          "lm_head")
+    check_head_vocab(ids, vocab_size)  # MLX does not bounds-check the gather below
     vocab = mx.array(ids)
     weight = lm_head_weight(lm_head, hidden_size)[vocab].T
     mx.eval(weight)

@@ -13,6 +13,14 @@ import numpy as np
 
 Path = tuple[int, ...]
 
+# Limits on trees from configs and callers. Medusa's largest published tree has 63
+# nodes, depth 4 and ranks up to 9; a 64-node tree already costs 4.4 plain steps on
+# this CPU. A 50,000-node tree from a config crashed MLX (the mask and the verify
+# batch grow with the square of the nodes); a rank of 10^9 asks top-k for 10^9 tokens.
+MAX_TREE_NODES = 1024
+MAX_TREE_DEPTH = 64
+MAX_TREE_RANK = 1024
+
 # Medusa's published sparse tree for Vicuna-7B (FasterDecoding/Medusa,
 # medusa/model/medusa_choices.py: ``mc_sim_7b_63``). It was grown greedily by
 # expected acceptance, so every leading slice of it is itself a valid tree:
@@ -83,15 +91,30 @@ class Tree:
         return nodes[::-1]
 
 
+def check_paths(paths, what: str = "tree") -> list:
+    """``paths`` as a list of tuples, if it is a list of paths within the limits above;
+    raises ``ValueError`` (a config's ``tree`` is checked with this at load)."""
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence) \
+            or not 0 < len(paths) <= MAX_TREE_NODES:
+        raise ValueError(f"{what} must be a list of 1 to {MAX_TREE_NODES} paths")
+    clean = []
+    for p in paths:
+        if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) \
+                or not 0 < len(p) <= MAX_TREE_DEPTH or not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                and 0 <= i < MAX_TREE_RANK for i in p):
+            raise ValueError(f"invalid {what} path {p!r:.60}: a list of 1 to {MAX_TREE_DEPTH} "
+                             f"ranks, each 0 to {MAX_TREE_RANK - 1}")
+        clean.append(tuple(int(i) for i in p))
+    return clean
+
+
 def build_tree(paths: Sequence[Sequence[int]], name: str = "custom") -> Tree:
     """Validate ``paths`` and derive every buffer verification needs."""
-    clean = sorted({tuple(int(i) for i in p) for p in paths}, key=lambda p: (len(p), p))
-    if not clean:
-        raise ValueError("a tree needs at least one path")
+    clean = sorted(set(check_paths(paths)), key=lambda p: (len(p), p))
+    known = set(clean)
     for p in clean:
-        if len(p) == 0 or min(p) < 0:
-            raise ValueError(f"invalid tree path {list(p)}: indices must be >= 0")
-        if len(p) > 1 and p[:-1] not in clean:
+        if len(p) > 1 and p[:-1] not in known:
             raise ValueError(f"tree path {list(p)} has no parent path {list(p[:-1])}")
     nodes: list[Path] = [()] + clean
     index = {p: j for j, p in enumerate(nodes)}

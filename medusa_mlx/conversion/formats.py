@@ -17,7 +17,7 @@ Head and layer counts always come from the tensor names: released Medusa-1 confi
 give wrong head counts.
 """
 
-import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,9 @@ from typing import Dict, List, Optional, Tuple
 
 import mlx.core as mx
 
+from ..errors import ConfigError
+from ..heads import MAX_VOCAB
+from ..safe_files import inside, is_int, read_json, regular_file
 from .tensor_files import ConversionError, TensorFiles, open_sharded, open_tensor_file
 
 FORMATS = ("medusa1", "medusa2", "medusa2-full", "vllm")
@@ -38,6 +41,10 @@ DESCRIPTIONS = {
 HEADS_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt", "medusa_lm_head.bin")
 MODEL_FILES = ("model.safetensors.index.json", "model.safetensors",
                "pytorch_model.bin.index.json", "pytorch_model.bin")
+
+# Truncated vLLM vocabularies keep a sizeable share of the tokens (e.g. 32k of 128k, 4x);
+# a header claiming 1 row of 10^6 would expand a tiny file into gigabytes of zeros.
+MAX_EXPANSION = 64
 
 # Medusa repo layout: head h = nn.Sequential(ResBlock * L, Linear(H, V)).
 MEDUSA_BLOCK = re.compile(r"^(\d+)\.(\d+)\.linear\.(weight|bias)$")
@@ -92,13 +99,9 @@ class Source:
 
 def read_config(folder: Path) -> dict:
     path = folder / "config.json"
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         return {}
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as e:
-        raise ConversionError(f"{path} is not valid JSON ({e})") from None
-    return config if isinstance(config, dict) else {}
+    return read_json(inside(folder, path.name, "config"), "config")
 
 
 def detect(path: Path, forced: Optional[str] = None) -> Source:
@@ -106,7 +109,8 @@ def detect(path: Path, forced: Optional[str] = None) -> Source:
     if path.is_dir():
         config = read_config(path)
         tensors = _open_folder(path, config, forced)
-    elif path.is_file():
+    elif path.exists():
+        regular_file(path, "checkpoint")
         config = read_config(path.parent)
         tensors = _open_file(path)
     else:
@@ -131,16 +135,22 @@ def _open_folder(folder: Path, config: dict, forced: Optional[str]) -> TensorFil
     wants_model = forced in ("vllm", "medusa2-full") or config.get("model_type") == "medusa"
     names = MODEL_FILES + HEADS_FILES if wants_model else HEADS_FILES + MODEL_FILES
     for name in names:
-        if (folder / name).is_file():
-            return _open_file(folder / name)
+        if (folder / name).exists() or (folder / name).is_symlink():
+            return _open_file(_weights_file(folder, name))
     # Some repos use other shard/file names: take the only weights file if there is one.
     candidates = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt"))
     if len(candidates) == 1:
-        return _open_file(candidates[0])
+        return _open_file(_weights_file(folder, candidates[0].name))
     raise ConversionError(
         f"no Medusa checkpoint found in {folder} (looked for {', '.join(HEADS_FILES)}, "
         f"{', '.join(MODEL_FILES)})"
     )
+
+
+def _weights_file(folder: Path, name: str) -> Path:
+    """A weights file of ``folder``: a regular file inside it (no FIFO, no device, no
+    link to elsewhere)."""
+    return regular_file(inside(folder, name, "weights file"), "weights file")
 
 
 def _format_from_names(names: List[str], config: dict) -> Optional[str]:
@@ -207,6 +217,8 @@ def _parse_vllm(source: Source, expand_vocab: bool) -> SourceHeads:
     checkpoint = _checkpoint(source, heads)
     _expand_truncated_vocab(checkpoint, source.config, token_map, expand_vocab)
     scale = source.config.get("logit_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ConfigError(f"config logit_scale {scale!r:.40} is not a finite number")
     if not checkpoint.shared_lm_head and scale != 1.0:
         # vLLM multiplies the draft logits by logit_scale; fold it into the projection.
         for head in checkpoint.heads:
@@ -224,7 +236,10 @@ def _expand_truncated_vocab(checkpoint, config, token_map, expand_vocab):
     if checkpoint.shared_lm_head:
         return
     rows = checkpoint.heads[0].lm_head.shape[0]
-    full = int(config.get("vocab_size") or rows)
+    full = config.get("vocab_size") or rows
+    if not is_int(full) or not 0 < full <= MAX_VOCAB:
+        raise ConfigError(f"config vocab_size {full!r:.40} is not a vocabulary size "
+                          f"(1 to {MAX_VOCAB})")
     if rows == full:
         if token_map is not None:
             checkpoint.notes.append("ignored token_map: the lm_heads already cover the vocab")
@@ -237,6 +252,9 @@ def _expand_truncated_vocab(checkpoint, config, token_map, expand_vocab):
             f"lm_heads cover {rows} of {full} tokens (truncated vocab) and there is no "
             "token_map saying which: cannot place them"
         )
+    if full > MAX_EXPANSION * rows:
+        raise ConversionError(f"lm_heads cover {rows} of {full} tokens: expanding them "
+                              f"{full // rows}x is beyond the {MAX_EXPANSION}x allowed")
     if not expand_vocab:
         raise ConversionError(
             f"lm_heads cover {rows} of {full} tokens (truncated vocab with token_map); "

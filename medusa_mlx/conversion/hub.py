@@ -6,15 +6,14 @@ as everywhere else. Only config and
 weights files are fetched, and for full models only the shards that hold head tensors.
 """
 
-import json
 import re
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import NotFoundError
+from ..errors import ConversionError, MedusaError, NotFoundError
 from ..load import hub_snapshot
 from .formats import FULL_MODEL_PREFIX, HEADS_FILES, VLLM_BLOCK, VLLM_PROJ
-from ..errors import ConversionError
+from .tensor_files import read_weight_map
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 CONFIG_PATTERNS = ["*.json"]
@@ -49,9 +48,9 @@ def download(repo_id: str, revision: Optional[str], with_backbone: bool) -> Path
 def _head_shards(index_path: Path) -> List[str]:
     """Shards holding Medusa head tensors (a full model's backbone is not needed)."""
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (ValueError, KeyError, TypeError):
-        return []
+        weight_map = read_weight_map(index_path)
+    except (MedusaError, OSError):
+        return []  # open_sharded reports what is wrong with it
     heads = (FULL_MODEL_PREFIX, VLLM_BLOCK, VLLM_PROJ)
     return sorted({shard for name, shard in weight_map.items()
                    if any(p.match(name) for p in heads)})

@@ -5,20 +5,15 @@ pickle without its storages) and loads only the tensors asked for, so that pulli
 Medusa heads out of a multi-gigabyte full model does not read the backbone.
 """
 
-import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List
 
 import mlx.core as mx
 
+from ..errors import CheckpointError, ConfigError, ConversionError  # noqa: F401 (re-export)
+from ..safe_files import inside, read_json, read_safetensors_header, regular_file
 from .torch_pickle import load_torch_checkpoint
-from ..errors import ConversionError  # noqa: F401  (raised here; importable from here)
-
-
-# An upper bound on a safetensors JSON header; real ones are far smaller.
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 def is_safetensors(path: Path) -> bool:
@@ -26,29 +21,20 @@ def is_safetensors(path: Path) -> bool:
 
 
 def safetensors_names(path: Path) -> List[str]:
-    """Tensor names from a safetensors header, without reading any tensor data."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError("file shorter than a safetensors header")
-            (size,) = struct.unpack("<Q", head)
-            if size > min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8):
-                raise ValueError("header length is larger than the file")
-            header = json.loads(f.read(size))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path} is not a readable safetensors file ({e})") from None
-    if not isinstance(header, dict):
-        raise ConversionError(f"{path} is not a readable safetensors file (bad header)")
-    return [k for k in header if k != "__metadata__"]
+    """Tensor names from a safetensors header (checked against the file size), without
+    reading any tensor data."""
+    return list(read_safetensors_header(path))
 
 
-def _load_safetensors(path: Path, wanted: List[str]) -> Dict[str, mx.array]:
+def load_safetensors(path: Path, wanted: List[str]) -> Dict[str, mx.array]:
+    """``wanted`` tensors of a safetensors file; MLX reads it only after its header has
+    been checked entry by entry against the file size."""
+    read_safetensors_header(path)
     try:
         arrays = mx.load(str(path))
     except (RuntimeError, ValueError) as e:
-        raise ConversionError(f"cannot read {path}: {e}") from None
-    return {k: arrays[k] for k in wanted}
+        raise CheckpointError(f"cannot read {path}: {' '.join(str(e).split())}") from None
+    return {k: arrays[k] for k in wanted if k in arrays}
 
 
 def _load_torch(path: Path, keep: Callable[[str], bool]) -> Dict[str, mx.array]:
@@ -83,8 +69,9 @@ class TensorFiles:
         for path, names in by_file.items():
             if not path.exists():
                 raise ConversionError(f"shard {path} is missing")
+            regular_file(path, "shard")
             if is_safetensors(path):
-                out.update(_load_safetensors(path, names))
+                out.update(load_safetensors(path, names))
             else:
                 keep = set(names)
                 out.update(_load_torch(path, keep.__contains__))
@@ -109,13 +96,20 @@ def open_tensor_file(path: Path) -> TensorFiles:
 
 
 def open_sharded(index_path: Path) -> TensorFiles:
-    """``*.index.json`` (safetensors or torch shards) -> names mapped to their shard."""
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConversionError(f"{index_path} is not a shard index ({e})") from None
-    location = {}
-    for name, shard in weight_map.items():
-        # Shards are checked when loaded: a hub download may fetch only those it needs.
-        location[name] = index_path.parent / shard
-    return TensorFiles(location)
+    """``*.index.json`` (safetensors or torch shards) -> names mapped to their shard.
+    Shard names must stay inside the index's folder."""
+    weight_map = read_weight_map(index_path)
+    # Shards are checked when loaded: a hub download may fetch only those it needs.
+    return TensorFiles({name: inside(index_path.parent, shard, f"shard of {index_path.name}")
+                        for name, shard in weight_map.items()})
+
+
+def read_weight_map(index_path: Path) -> Dict[str, str]:
+    """The ``weight_map`` of a shard index: tensor name -> shard file name."""
+    index = read_json(index_path, "shard index")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()):
+        raise ConfigError(f"{index_path} is not a shard index (weight_map must map tensor "
+                          "names to file names)")
+    return weight_map

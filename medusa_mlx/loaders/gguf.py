@@ -23,7 +23,10 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.llama import Model, ModelArgs
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
+from ..errors import CheckpointError
+from .gguf_header import GGUFHeader, read_gguf_header
 from .gguf_tokenizer import load_gguf_tokenizer
+from ..heads import MAX_HIDDEN, MAX_VOCAB
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -171,17 +174,61 @@ def split_parameters(
 
 
 def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
-    """Tensors and metadata of a GGUF file; refuses non-llama architectures."""
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
-    tensors, metadata = mx.load(str(path), return_metadata=True)
-    arch = metadata.get("general.architecture")
+    """Tensors and metadata of a GGUF file; refuses non-llama architectures. The header
+    is parsed and checked in Python first (MLX's reader trusts it)."""
+    header = read_gguf_header(path)
+    arch = header.metadata.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"{path.name}: GGUF architecture {arch!r} is not supported "
+        raise CheckpointError(
+            f"{path.name}: GGUF architecture {arch!r:.40} is not supported "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
+    check_llama_header(header, path)
+    try:
+        tensors, metadata = mx.load(str(path), return_metadata=True)
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {' '.join(str(e).split())}") from None
     return tensors, metadata
+
+
+def check_llama_header(header: GGUFHeader, path: Path) -> None:
+    """The llama hyper-parameters agree with the tensors (the model is built from the
+    former, so 10^7 blocks or 0 heads must be refused before it is)."""
+    md, tensors = header.metadata, header.tensors
+
+    def number(key, default=None, low=1, high=1 << 24):
+        value = md.get(f"llama.{key}", default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise CheckpointError(f"{path.name}: GGUF llama.{key} is {value!r:.40}, expected "
+                                  f"an integer from {low} to {high}")
+        return value
+
+    embedding = tensors.get("token_embd.weight")
+    if embedding is None or len(embedding.shape) != 2:
+        raise CheckpointError(f"{path.name}: GGUF has no 2-d token_embd.weight")
+    vocab, hidden = embedding.shape
+    if number("embedding_length", high=MAX_HIDDEN) != hidden or vocab > MAX_VOCAB:
+        raise CheckpointError(f"{path.name}: GGUF embedding_length disagrees with "
+                              f"token_embd.weight {list(embedding.shape)}")
+    blocks = {int(n.split(".")[1]) for n in tensors if n.startswith("blk.")
+              and n.split(".")[1].isdigit()}
+    if blocks != set(range(number("block_count", high=4096))):
+        raise CheckpointError(f"{path.name}: GGUF block_count disagrees with the "
+                              f"{len(blocks)} blocks of tensors")
+    heads = number("attention.head_count", high=hidden)
+    kv_heads = number("attention.head_count_kv", heads, high=heads)
+    head_dim = number("attention.key_length", hidden // heads, high=hidden)
+    if hidden % heads or heads % kv_heads or head_dim % 2:
+        raise CheckpointError(f"{path.name}: GGUF head counts do not divide the hidden size")
+    number("feed_forward_length", high=1 << 20)
+    number("context_length", 4096)
+    if md.get("llama.vocab_size", vocab) != vocab:
+        raise CheckpointError(f"{path.name}: GGUF vocab_size disagrees with token_embd.weight")
+    tokens = md.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not 0 < len(tokens) <= vocab:
+        # Token ids past the embedding would be read out of bounds by MLX.
+        raise CheckpointError(f"{path.name}: GGUF tokenizer.ggml.tokens is missing or longer "
+                              f"than the {vocab}-token embedding")
 
 
 def load_gguf(path, dtype=mx.float32) -> tuple[Model, TokenizerWrapper]:

@@ -14,12 +14,16 @@ weights load as they are.
 """
 
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 from mlx_lm.models.llama import Model, ModelArgs
 from mlx_lm.tokenizer_utils import SPMStreamingDetokenizer, TokenizerWrapper
+
+from ..errors import CheckpointError
+from ..safe_files import regular_file
 
 HEADER_INTS = 7
 HEADER_BYTES = HEADER_INTS * 4
@@ -48,9 +52,11 @@ class Llama2cHeader:
 
 
 def read_header(path: Path) -> Llama2cHeader:
-    raw = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    """The header, checked for consistency and against the file size before anything
+    is built from it (a header claiming 10^6 layers used to build the model first)."""
+    raw = np.fromfile(regular_file(path, "llama2.c checkpoint"), dtype="<i4", count=HEADER_INTS)
     if raw.size != HEADER_INTS:
-        raise ValueError(f"{path}: too short for a llama2.c checkpoint header")
+        raise CheckpointError(f"{path}: too short for a llama2.c checkpoint header")
     dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len = (int(v) for v in raw)
     header = Llama2cHeader(
         dim=dim,
@@ -66,10 +72,23 @@ def read_header(path: Path) -> Llama2cHeader:
         min(dim, hidden_dim, n_layers, n_heads, n_kv_heads, abs(vocab_size), seq_len) > 0
         and dim % n_heads == 0
         and n_heads % n_kv_heads == 0
+        and (dim // max(n_heads, 1)) % 2 == 0  # RoPE rotates pairs of features
     )
     if not plausible:
-        raise ValueError(f"{path}: not a llama2.c legacy checkpoint (header {raw.tolist()})")
+        raise CheckpointError(f"{path}: not a llama2.c legacy checkpoint (header {raw.tolist()})")
+    expected = expected_size(header)
+    actual = path.stat().st_size
+    if actual != expected:
+        raise CheckpointError(
+            f"{path}: size {actual} bytes does not match its header (expected {expected}); "
+            "not a legacy llama2.c checkpoint?"
+        )
     return header
+
+
+def expected_size(header: Llama2cHeader) -> int:
+    """File size the header implies (Python ints: no overflow for any header)."""
+    return HEADER_BYTES + 4 * sum(prod(shape) for _, shape in _tensor_shapes(header))
 
 
 def _tensor_shapes(h: Llama2cHeader) -> list[tuple[str, tuple[int, ...]]]:
@@ -97,19 +116,13 @@ def _tensor_shapes(h: Llama2cHeader) -> list[tuple[str, tuple[int, ...]]]:
 
 def read_tensors(path: Path, header: Llama2cHeader) -> dict[str, np.ndarray]:
     shapes = _tensor_shapes(header)
-    expected_floats = sum(int(np.prod(shape)) for _, shape in shapes)
-    expected_bytes = HEADER_BYTES + 4 * expected_floats
-    actual_bytes = path.stat().st_size
-    if actual_bytes != expected_bytes:
-        raise ValueError(
-            f"{path}: size {actual_bytes} bytes does not match its header "
-            f"(expected {expected_bytes}); not a legacy llama2.c checkpoint?"
-        )
+    if path.stat().st_size != expected_size(header):
+        raise CheckpointError(f"{path}: size does not match its header")
     flat = np.fromfile(path, dtype="<f4", offset=HEADER_BYTES)
     tensors = {}
     start = 0
     for name, shape in shapes:
-        size = int(np.prod(shape))
+        size = prod(shape)
         tensors[name] = flat[start : start + size].reshape(shape)
         start += size
     return tensors
@@ -206,8 +219,6 @@ def load_llama2c(model_path, tokenizer_path=None) -> tuple[Model, TokenizerWrapp
     `TokenizerWrapper` whose `encode` prepends BOS.
     """
     model_path = Path(model_path)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"llama2.c checkpoint not found: {model_path}")
     header = read_header(model_path)
     if tokenizer_path is None:
         tokenizer_path = default_tokenizer_path(model_path, header.vocab_size)
@@ -215,9 +226,14 @@ def load_llama2c(model_path, tokenizer_path=None) -> tuple[Model, TokenizerWrapp
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"tokenizer not found: {tokenizer_path}")
 
+    tokenizer = load_llama2c_tokenizer(tokenizer_path)
+    if len(tokenizer._tokenizer) > header.vocab_size:
+        # Token ids past the embedding would be read out of bounds by MLX.
+        raise CheckpointError(f"{tokenizer_path} has {len(tokenizer._tokenizer)} tokens, the "
+                              f"model {model_path} only {header.vocab_size}")
     model = Model(model_args(header))
     weights = mlx_lm_weights(read_tensors(model_path, header), header)
     model.load_weights(weights, strict=True)
     mx.eval(model.parameters())
     model.eval()
-    return model, load_llama2c_tokenizer(tokenizer_path)
+    return model, tokenizer
