@@ -2,14 +2,17 @@
 
 Bad input of any kind (a missing file, an unsupported model, arguments that do
 not parse or do not fit together) ends as one ``error:`` line on stderr and
-exit code 1, never a traceback and never argparse's usage-plus-exit-2.
+exit code 1, never a traceback and never argparse's usage-plus-exit-2. SIGINT
+and SIGTERM unwind the program (so temporary outputs are removed on the way
+out) and end as one ``error:`` line with exit code 130 / 143.
 """
 
 import argparse
+import signal
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
-from .errors import MedusaError, UsageError
+from .errors import Interrupted, MedusaError, UsageError
 
 Main = Callable[[Optional[Sequence[str]]], Optional[int]]
 
@@ -26,14 +29,25 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _terminate(signum, frame):
+    raise Interrupted(signum, signal.Signals(signum).name)
+
+
 def run_cli(main: Main, argv: Optional[Sequence[str]] = None) -> NoReturn:
     """Run ``main(argv)`` and exit with its return code (0 for None); a user
-    error becomes one ``error:`` line and exit code 1, Ctrl-C exit code 130."""
+    error becomes one ``error:`` line and exit code 1, Ctrl-C 130, SIGTERM 143."""
+    signal.signal(signal.SIGTERM, _terminate)
+    # Python leaves SIGINT ignored when it started ignored (a background job); a
+    # command should stop on Ctrl-C either way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = main(argv)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        code = 130
+        print("\nerror: interrupted (SIGINT)", file=sys.stderr)
+        code = 128 + signal.SIGINT
+    except Interrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 128 + e.signum
     except (MedusaError, FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         code = 1

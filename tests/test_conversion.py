@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from medusa_mlx.conversion.convert import convert
+from medusa_mlx.errors import OutputError
 from medusa_mlx.heads import load_heads
 from medusa_mlx.conversion.tensor_files import ConversionError
 from medusa_mlx.conversion.torch_pickle import load_torch_checkpoint
@@ -159,15 +160,19 @@ def test_user_errors_are_one_line(fixtures, tmp_path, case):
     assert words in line
 
 
-def test_existing_output_needs_force(fixtures, tmp_path):
+def test_existing_output_needs_force_and_force_replaces_only_heads(fixtures, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(ConversionError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         convert(str(fixtures / "medusa1_pt"), str(out))
-    assert (out / "keep.txt").exists()
-    convert(str(fixtures / "medusa1_pt"), str(out), force=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    with pytest.raises(OutputError, match="not a heads or model folder"):
+        convert(str(fixtures / "medusa1_pt"), str(out), force=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    convert(str(fixtures / "medusa1_pt_bf16"), str(out), force=True)  # empty folder
+    convert(str(fixtures / "medusa1_pt"), str(out), force=True)  # a heads folder
+    assert load_heads(out).args.num_heads == 3
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

@@ -43,4 +43,8 @@ def _main(argv) -> int:
     args = configure_parser().parse_args(argv)
     if args.max_tokens < 1:
         raise UsageError("--max-tokens must be at least 1")
+    if not args.temp >= 0:
+        raise UsageError(f"--temp {args.temp} must be 0 (greedy) or more")
+    if not 0 <= args.top_p <= 1:
+        raise UsageError(f"--top-p {args.top_p} must be between 0 and 1")
     return run(args)

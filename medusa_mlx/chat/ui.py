@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
+from ..errors import InputError
 from .session import ChatSession, Loaded, StepEvent, load_session
 from .stats import TurnStats, status_line, turn_summary
 
@@ -36,11 +37,21 @@ def run(args) -> int:
         with notes.status("measuring plain decoding speed…") if interactive else nullcontext():
             rate = loaded.session.calibrate()
         notes.print(f"plain decoding: {rate:.1f} tok/s", style="dim")
-    lines = read_terminal(console) if interactive else (line.rstrip("\n") for line in sys.stdin)
+    lines = read_terminal(console) if interactive else read_pipe(sys.stdin)
     for line in lines:
         if not ui.handle(line):
             break
     return 0
+
+
+def read_pipe(stream) -> Iterator[str]:
+    """Lines of a piped stdin; bytes that are not UTF-8 end the chat with one line."""
+    try:
+        for line in stream:
+            yield line.rstrip("\n")
+    except UnicodeDecodeError as e:
+        raise InputError(f"stdin is not valid UTF-8 (byte {e.object[e.start:e.start + 1]!r} "
+                         f"at offset {e.start} of a read)") from None
 
 
 def read_terminal(console: Console) -> Iterator[str]:

@@ -10,10 +10,11 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 
-from .output import write_atomically
+from .output import check_output
 from .formats import FULL_MODEL_PREFIX, Source
 from .tensor_files import ConversionError, is_safetensors
 
@@ -30,17 +31,21 @@ def check_backbone_request(model_dir: Path, source: Source, output: Path, force:
     files = source.tensors.files
     if not all(is_safetensors(f) for f in files):
         raise ConversionError("--backbone-out supports safetensors models only")
-    if output.exists() and not force:
-        raise ConversionError(f"{output} already exists (use --force to replace it)")
+    check_output(output, force)
 
 
-def convert_backbone(model_dir: Path, source: Source, output: Path, dtype: str,
-                     force: bool) -> None:
-    check_backbone_request(model_dir, source, output, force)
+def backbone_writer(model_dir: Path, source: Source, output: Path,
+                    dtype: str) -> Callable[[Path], None]:
+    """``write(folder)``: the backbone converted by mlx_lm.convert into ``folder`` (the
+    caller commits it together with the heads, see ``output.write_outputs``)."""
+    return lambda folder: _convert_backbone(model_dir, source, output, dtype, folder)
+
+
+def _convert_backbone(model_dir: Path, source: Source, output: Path, dtype: str,
+                      folder: Path) -> None:
     from mlx_lm.convert import convert as mlx_lm_convert
 
     files = source.tensors.files
-    output.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{output.name}.staging-"
     with tempfile.TemporaryDirectory(prefix=prefix, dir=output.parent) as staging:
         staging = Path(staging)
@@ -57,11 +62,10 @@ def convert_backbone(model_dir: Path, source: Source, output: Path, dtype: str,
             if item.is_file() and not item.name.endswith(SKIP_SUFFIXES):
                 shutil.copy2(item, staging / item.name)
 
-        def write(folder: Path) -> None:
-            folder.rmdir()  # mlx_lm.convert refuses to write into an existing folder
-            try:
-                mlx_lm_convert(str(staging), str(folder), dtype=dtype)
-            except (ValueError, KeyError, OSError) as e:
-                raise ConversionError(f"mlx_lm.convert failed on the backbone: {e}") from None
-
-        write_atomically(output, force, write)
+        folder.rmdir()  # mlx_lm.convert refuses to write into an existing folder
+        try:
+            mlx_lm_convert(str(staging), str(folder), dtype=dtype)
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, RuntimeError) as e:
+            # mlx-lm's own errors on a malformed model folder (its config, its tensors).
+            raise ConversionError(f"mlx_lm.convert failed on the backbone: "
+                                  f"{type(e).__name__}: {e}") from None

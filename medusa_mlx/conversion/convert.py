@@ -3,7 +3,7 @@
 Run ``python -m medusa_mlx convert --help`` (or ``python convert.py --help``).
 """
 
-import argparse
+from argparse import RawDescriptionHelpFormatter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -12,11 +12,14 @@ from .output import (
     DTYPES,
     build_heads,
     check_against_base,
+    check_output,
+    check_quantization,
     folder_size,
     load_mlx_heads,
     parameter_count,
     quantize_heads,
     write_atomically,
+    write_outputs,
     write_vllm,
 )
 from .formats import DESCRIPTIONS, FORMATS, detect, parse
@@ -82,10 +85,13 @@ def convert(
 ) -> ConversionReport:
     """Convert ``source`` (folder, file or hub id) into the folder ``output``.
 
-    Raises :class:`ConversionError` / :class:`TorchPickleError` for bad input."""
+    Raises a :class:`~medusa_mlx.errors.MedusaError` subclass for bad input; nothing is
+    left at ``output`` (or ``backbone_out``) unless everything succeeded."""
     if dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    check_quantization(q_bits, q_group_size)
     output_path = Path(output)
+    check_output(output_path, force)
     if to == "vllm":
         return _export_vllm(source, output_path, revision, dtype, force)
     if to != "mlx":
@@ -115,13 +121,14 @@ def convert(
     for key in ("base_model_name_or_path",):
         if key in found.config:
             extra[key] = found.config[key]
-    write_atomically(output_path, force, lambda folder: save_heads(folder, heads, extra))
-
+    outputs = [(output_path, lambda folder: save_heads(folder, heads, extra))]
     if backbone_out is not None:
-        from .backbone import convert_backbone
+        from .backbone import backbone_writer
 
-        convert_backbone(path, found, Path(backbone_out), dtype, force)
+        outputs.append((Path(backbone_out), backbone_writer(path, found, Path(backbone_out),
+                                                           dtype)))
         checkpoint.notes.append(f"backbone written to {backbone_out}")
+    write_outputs(outputs, force)
 
     return ConversionReport(
         format=checkpoint.format,
@@ -197,7 +204,7 @@ def configure_parser() -> ArgumentParser:
         "full models, vLLM Medusa) to MLX heads, or MLX heads back to vLLM. torch is not "
         "needed, and pickled code in .pt files is never run.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="local folder, weights file, or Hugging Face hub id")
     parser.add_argument("-o", "--mlx-path", "--output", dest="output", default="mlx_medusa_heads",

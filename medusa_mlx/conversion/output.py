@@ -6,13 +6,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..errors import MedusaError, OutputError, UsageError
+from ..heads import QUANT_BITS, QUANT_GROUP_SIZES, HeadsArgs, MedusaHeads, load_heads
+from ..safe_files import is_int, read_json
 from .formats import SourceHeads
-from ..heads import HeadsArgs, MedusaHeads, load_heads
 from .tensor_files import ConversionError
 
 DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
@@ -60,6 +62,7 @@ def quantize_heads(heads: MedusaHeads, bits: int, group_size: int) -> bool:
     small residual blocks stay in float. Returns False when there is nothing to quantise."""
     if heads.args.shared_lm_head:
         return False
+    check_quantization(bits, group_size)
     if heads.args.hidden_size % group_size:
         raise ConversionError(
             f"hidden size {heads.args.hidden_size} is not a multiple of --q-group-size {group_size}"
@@ -71,16 +74,28 @@ def quantize_heads(heads: MedusaHeads, bits: int, group_size: int) -> bool:
     return True
 
 
+def check_quantization(bits, group_size) -> None:
+    """Values ``mx.quantize`` accepts (others crashed it: a group size of 0 is SIGFPE)."""
+    if not (is_int(bits) and bits in QUANT_BITS):
+        raise UsageError(f"--q-bits {bits!r}: choose from {', '.join(map(str, QUANT_BITS))}")
+    if not (is_int(group_size) and group_size in QUANT_GROUP_SIZES):
+        raise UsageError(f"--q-group-size {group_size!r}: choose from "
+                          f"{', '.join(map(str, QUANT_GROUP_SIZES))}")
+
+
 def read_base_config(base: Path) -> dict:
     path = base / "config.json" if base.is_dir() else base
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise ConversionError(f"--base {base}: no config.json there")
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as e:
-        raise ConversionError(f"--base {path} is not valid JSON ({e})") from None
+    config = read_json(path, "--base config")
     # Multimodal configs keep the language model's sizes in text_config.
-    return config.get("text_config", config) if isinstance(config, dict) else {}
+    config = config.get("text_config", config)
+    if not isinstance(config, dict):
+        raise ConversionError(f"--base {path}: text_config is not a dict")
+    for key in ("hidden_size", "vocab_size"):
+        if config.get(key) is not None and not (is_int(config[key]) and config[key] > 0):
+            raise ConversionError(f"--base {path}: {key} is {config[key]!r:.40}, not a size")
+    return config
 
 
 def check_against_base(checkpoint: SourceHeads, base: Path) -> dict:
@@ -99,36 +114,74 @@ def check_against_base(checkpoint: SourceHeads, base: Path) -> dict:
     return config
 
 
-def write_atomically(output: Path, force: bool, write: Callable[[Path], None]) -> None:
-    """Run ``write(folder)`` on a temp folder beside ``output``, then rename it into place.
+def check_output(output: Path, force: bool) -> None:
+    """Refuse to touch an existing ``output`` unless ``force`` is given and it is a folder
+    this converter could have written (or an empty one): ``--force`` must never delete
+    a folder of unrelated files."""
+    if not (output.exists() or output.is_symlink()):
+        return
+    if not force:
+        raise OutputError(f"{output} already exists (use --force to replace it)")
+    if output.is_symlink() or not output.is_dir():
+        raise OutputError(f"{output} is not a folder; --force only replaces a heads folder "
+                          "or an empty folder")
+    if any(output.iterdir()) and not _written_by_us(output):
+        raise OutputError(f"{output} is not a heads or model folder (no medusa-mlx, vLLM or "
+                          "mlx-lm config.json) and not empty: not replacing it, even with --force")
 
-    On any failure nothing is left at ``output`` and the temp folder is removed."""
-    if output.exists() and not force:
-        raise ConversionError(f"{output} already exists (use --force to replace it)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    old = None
+
+def _written_by_us(folder: Path) -> bool:
     try:
-        # mkdtemp makes the folder private (0700); the output should get the usual mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        write(tmp)
-        if output.exists():
-            # Move the old output aside first: os.replace cannot replace a non-empty folder.
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.replace(output, old / "previous")
-        try:
+        config = read_json(folder / "config.json")
+    except (MedusaError, OSError):
+        return False
+    return config.get("format") == "medusa-mlx" or "model_type" in config
+
+
+def write_atomically(output: Path, force: bool, write: Callable[[Path], None]) -> None:
+    """:func:`write_outputs` for one output."""
+    write_outputs([(output, write)], force)
+
+
+def write_outputs(outputs: List[Tuple[Path, Callable[[Path], None]]], force: bool) -> None:
+    """Run each ``write(folder)`` on a temp folder beside its output; only when every one
+    has succeeded, move them into place (previous outputs aside first).
+
+    On any failure, including SIGINT/SIGTERM and a failing rename, every output is as
+    it was before (the new ones removed, the previous ones moved back) and no temp
+    folder is left."""
+    for output, _ in outputs:
+        check_output(output, force)
+    staged, moved, placed = [], [], []
+    try:
+        for output, write in outputs:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+            staged.append(tmp)
+            # mkdtemp makes the folder private (0700); the output should get the usual mode.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)
+            write(tmp)
+        for (output, _), tmp in zip(outputs, staged):
+            if output.exists():
+                # os.replace cannot replace a non-empty folder: move the old one aside.
+                old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+                moved.append((output, old))
+                os.replace(output, old / "previous")
             os.replace(tmp, output)
-        except OSError:
-            if old is not None:
-                os.replace(old / "previous", output)  # put the old output back
-            raise
+            placed.append(output)
+    except BaseException:
+        for output in placed:
+            shutil.rmtree(output, ignore_errors=True)
+        for output, old in moved:
+            if (old / "previous").exists() and not output.exists():
+                os.replace(old / "previous", output)
+        raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        for path in staged + [old for _, old in moved]:
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def folder_size(folder: Path) -> int:
@@ -139,12 +192,9 @@ def folder_size(folder: Path) -> int:
 
 def load_mlx_heads(folder: Path) -> MedusaHeads:
     config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not (config_path.exists() or config_path.is_symlink()):
         raise ConversionError(f"{folder} is not a medusa-mlx heads folder (no config.json)")
-    try:
-        return load_heads(folder)
-    except (ValueError, KeyError) as e:
-        raise ConversionError(f"cannot read MLX heads from {folder}: {e}") from None
+    return load_heads(folder)
 
 
 def vllm_tensors(heads: MedusaHeads, dtype: str) -> dict:
