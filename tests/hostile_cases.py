@@ -109,7 +109,7 @@ def _(t):
     good = write_zip_pt(t / "good.pt", state_dict_pickle(MEDUSA1), medusa1_storages())
     code = (
         "import sys, numpy as np\n"
-        "from medusa_mlx.torch_pickle import load_torch_checkpoint\n"
+        "from medusa_mlx.conversion.torch_pickle import load_torch_checkpoint\n"
         "try:\n"
         f"    load_torch_checkpoint({str(bad)!r})\n"
         "except ValueError:\n"

@@ -24,12 +24,12 @@ import time
 import traceback
 
 import medusa_mlx  # noqa: F401  (first: preloads OpenBLAS)
-import medusa_mlx.chat  # noqa: F401
-import medusa_mlx.chat_ui  # noqa: F401
-import medusa_mlx.convert  # noqa: F401
-import medusa_mlx.gguf  # noqa: F401
-import medusa_mlx.llama2c  # noqa: F401
+import medusa_mlx.chat.cli  # noqa: F401
+import medusa_mlx.chat.ui  # noqa: F401
+import medusa_mlx.conversion.convert  # noqa: F401
 import medusa_mlx.load  # noqa: F401
+import medusa_mlx.loaders.gguf  # noqa: F401
+import medusa_mlx.loaders.llama2c  # noqa: F401
 import mlx_lm.convert  # noqa: F401
 import transformers  # noqa: F401
 from transformers import LlamaTokenizer, PreTrainedTokenizerFast  # noqa: F401
