@@ -29,14 +29,14 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .errors import ConfigError
-from .safe_files import inside, is_int, read_json, read_safetensors_header, regular_file
+from .safe_files import (
+    MAX_HIDDEN, MAX_VOCAB, inside, is_int, read_json, read_safetensors_header, regular_file,
+)
 from .tree import check_paths
 
-# Sane ranges for heads configs: real vocabularies reach 262k tokens (Gemma 3), hidden
-# sizes 16k (Llama 3.1 405B), Medusa uses 1-5 heads of 1-2 blocks. A config beyond them
-# is refused before anything is built (10^9 heads or a group size of 0 crashed MLX).
-MAX_VOCAB = 1 << 20
-MAX_HIDDEN = 1 << 16
+# Sane ranges for heads configs (vocabulary and hidden size: safe_files.MAX_VOCAB /
+# MAX_HIDDEN); Medusa uses 1-5 heads of 1-2 blocks. A config beyond them is refused
+# before anything is built (10^9 heads or a group size of 0 crashed MLX).
 MAX_HEADS = 64
 MAX_LAYERS = 64
 QUANT_GROUP_SIZES = (32, 64, 128)  # what mx.quantize accepts

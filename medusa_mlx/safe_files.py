@@ -27,6 +27,11 @@ from typing import Dict, Type
 
 from .errors import CheckpointError, ConfigError, UnsafePathError
 
+# Sizes a model file or config may claim: real vocabularies reach 262k tokens (Gemma 3),
+# hidden sizes 16k (Llama 3.1 405B); beyond these a claim is refused before anything
+# is allocated from it.
+MAX_VOCAB = 1 << 20
+MAX_HIDDEN = 1 << 16
 # Real configs and shard indexes are a few KB to ~1 MB (a 405B model's index: 0.1 MB).
 MAX_JSON_BYTES = 64 << 20
 # Real safetensors headers are ~100 bytes per tensor (a 70B model: ~100 KB).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medusa_mlx"
 MAX_LINES = 400
-MAX_TOP_LEVEL_MODULES = 20
+MAX_TOP_LEVEL_MODULES = 21  # 20 at the layout commit; +safe_files (#18), a leaf every reader uses
 # Modules allowed over MAX_LINES, each with the reason it is not split (none today).
 LONG_MODULES: dict[str, str] = {}
 APPS = {"training", "conversion", "chat", "bench", "server"}
@@ -98,13 +98,14 @@ def part(module: str) -> str:
 
 def test_imports_point_one_way():
     """core <- loaders <- apps: loaders use no other part of the package but its
-    errors, the core reaches loaders only through load.py and apps never, and
-    apps do not import each other."""
+    errors and safe_files (both leaves: the typed errors, and the checks every
+    reader of an untrusted file makes), the core reaches loaders only through
+    load.py and apps never, and apps do not import each other."""
     wrong = []
     for source, targets in import_graph().items():
         for target in targets:
             a, b = part(source), part(target)
-            if a == b or target == "medusa_mlx.errors":
+            if a == b or target in ("medusa_mlx.errors", "medusa_mlx.safe_files"):
                 continue
             allowed = (
                 (a in APPS and b in ("core", "loaders"))

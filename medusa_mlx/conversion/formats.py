@@ -26,8 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import mlx.core as mx
 
 from ..errors import ConfigError
-from ..heads import MAX_VOCAB
-from ..safe_files import inside, is_int, read_json, regular_file
+from ..safe_files import MAX_VOCAB, inside, is_int, read_json, regular_file
 from .tensor_files import ConversionError, TensorFiles, open_sharded, open_tensor_file
 
 FORMATS = ("medusa1", "medusa2", "medusa2-full", "vllm")

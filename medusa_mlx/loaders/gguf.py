@@ -26,7 +26,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from ..errors import CheckpointError
 from .gguf_header import GGUFHeader, read_gguf_header
 from .gguf_tokenizer import load_gguf_tokenizer
-from ..heads import MAX_HIDDEN, MAX_VOCAB
+from ..safe_files import MAX_HIDDEN, MAX_VOCAB
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
