@@ -150,21 +150,19 @@ def _(t):
     return convert(t, pt_file(t, p.bytes()))
 
 
-@case("pt-shared-sublists-60-levels")
-def _(t):
-    p = medusa1_prefix().str("0.1.weight").raw(b"]")
-    for _ in range(60):
-        p.put(902).raw(b"0]").get(902).raw(b"a").get(902).raw(b"a")  # x = [x, x]
-    return convert(t, pt_file(t, with_lm_head(p)))
-
-
-@case("pt-shared-tensor-lists-40-levels")
-def _(t):
-    """[t, t] repeated: a tree of 2^40 tensor references over one small storage."""
-    p = medusa1_prefix().str("0.1.weight").tensor((V, H), key="2")
-    for _ in range(40):
+def shared_lists(levels: int, leaf_tensor: bool) -> bytes:
+    """``0.1.weight`` = x with x = [x, x] ``levels`` times: 2^levels paths through
+    ``levels`` objects, around a tensor (or an empty list)."""
+    p = medusa1_prefix().str("0.1.weight")
+    p = p.tensor((V, H), key="2") if leaf_tensor else p.raw(b"]")
+    for _ in range(levels):
         p.put(903).raw(b"0]").get(903).raw(b"a").get(903).raw(b"a")
-    return convert(t, pt_file(t, with_lm_head(p)))
+    return with_lm_head(p)
+
+
+case("pt-shared-sublists-60-levels")(lambda t: convert(t, pt_file(t, shared_lists(60, False))))
+case("pt-shared-tensor-lists-40-levels")(lambda t: convert(
+    t, pt_file(t, shared_lists(40, True))))
 
 
 @case("pt-nested-tuple-keys")
@@ -379,12 +377,8 @@ def _(t):
     return convert(t, legacy_file(t, with_lm_head(p), keys=["0", "1"]))
 
 
-@case("legacy-shared-tensor-lists-40-levels")
-def _(t):
-    p = medusa1_prefix().str("0.1.weight").tensor((V, H), key="2")
-    for _ in range(40):
-        p.put(903).raw(b"0]").get(903).raw(b"a").get(903).raw(b"a")
-    return convert(t, legacy_file(t, with_lm_head(p)))
+case("legacy-shared-tensor-lists-40-levels")(lambda t: convert(
+    t, legacy_file(t, shared_lists(40, True))))
 
 
 @case("legacy-keys-not-a-list")
@@ -912,11 +906,14 @@ case("force-missing-without-force-valid")(lambda t: convert(t, fixture("medusa1_
 
 # --- signals and injected write failures (python -c around the convert CLI) ----------------
 
-def convert_with(t, prelude: str, *options, expect=1, existing=False, during=None) -> Run:
+def convert_with(t, prelude: str, *options, source=None, output=None, expect=1,
+                 existing=False, during=None) -> Run:
+    """convert.py run by ``python -c`` after ``prelude`` (which patches a function to
+    fail or signal mid-write); ``existing``: a heads folder is at the output already."""
     out = t / "out"
     if existing:
         heads_folder(out)
-    argv = [str(fixture("medusa1_pt")), "-o", str(out), *options]
+    argv = [str(source or fixture("medusa1_pt")), "-o", str(out), *map(str, options)]
     code = (
         "import errno, os, signal, sys, time, runpy\n"
         "import mlx.core as mx\n"
@@ -924,8 +921,8 @@ def convert_with(t, prelude: str, *options, expect=1, existing=False, during=Non
         f"sys.argv = ['convert.py', *{argv!r}]\n"
         "runpy.run_path('convert.py', run_name='__main__')\n"
     )
-    return Run(["-c", code], expect=expect, output=out, keep=[out] if existing else [],
-               during=during)
+    return Run(["-c", code], expect=expect, output=output or out,
+               keep=[out] if existing else [], during=during)
 
 
 def partial_write(then: str) -> str:
@@ -983,48 +980,28 @@ case("inject-valid-over-existing")(lambda t: convert_with(t, "", "--force", exis
                                                           expect=0))
 
 
-@case("inject-backbone-out-fails-after-heads")
-def _(t):
-    folder = index_folder(t)
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    out, backbone = t / "out", t / "backbone"
-    heads_folder(out)
-    code = (
-        "import errno, sys, runpy\n"
-        "import mlx_lm.convert\n"
-        "def fail(*a, **k):\n"
-        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
-        "sys.modules['mlx_lm.convert'].convert = fail\n"
-        f"sys.argv = ['convert.py', {str(folder)!r}, '-o', {str(out)!r}, '--force',"
-        f" '--backbone-out', {str(backbone)!r}]\n"
-        "runpy.run_path('convert.py', run_name='__main__')\n"
-    )
-    return Run(["-c", code], expect=1, output=backbone, keep=[out])
+def backbone_out_with(t, prelude: str) -> Run:
+    """--backbone-out over an existing heads folder, with ``prelude`` patching mlx-lm."""
+    backbone = t / "backbone"
+    return convert_with(t, "import mlx_lm.convert\n" + prelude, "--force", "--backbone-out",
+                        backbone, source=index_folder(t), output=backbone, existing=True)
 
 
-@case("inject-backbone-rename-fails-after-heads-placed")
-def _(t):
-    folder = index_folder(t)
-    out, backbone = t / "out", t / "backbone"
-    heads_folder(out)
-    code = (
-        "import errno, os, sys, runpy\n"
-        "import mlx_lm.convert\n"
-        "def fake(src, dst, **k):\n"
-        "    os.makedirs(dst)\n"
-        "    open(os.path.join(dst, 'config.json'), 'w').write('{}')\n"
-        "sys.modules['mlx_lm.convert'].convert = fake\n"
-        "real = os.replace\n"
-        "def replace(a, b):\n"
-        "    if str(b).endswith('/backbone'):\n"
-        "        raise OSError(errno.EXDEV, 'Invalid cross-device link')\n"
-        "    return real(a, b)\n"
-        "os.replace = replace\n"
-        f"sys.argv = ['convert.py', {str(folder)!r}, '-o', {str(out)!r}, '--force',"
-        f" '--backbone-out', {str(backbone)!r}]\n"
-        "runpy.run_path('convert.py', run_name='__main__')\n"
-    )
-    return Run(["-c", code], expect=1, output=backbone, keep=[out])
+case("inject-backbone-out-fails-after-heads")(lambda t: backbone_out_with(
+    t, "def fail(*a, **k):\n"
+       "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+       "sys.modules['mlx_lm.convert'].convert = fail\n"))
+case("inject-backbone-rename-fails-after-heads-placed")(lambda t: backbone_out_with(
+    t, "def fake(src, dst, **k):\n"
+       "    os.makedirs(dst)\n"
+       "    open(os.path.join(dst, 'config.json'), 'w').write('{}')\n"
+       "sys.modules['mlx_lm.convert'].convert = fake\n"
+       "real = os.replace\n"
+       "def replace(a, b):\n"
+       "    if str(b).endswith('/backbone'):\n"
+       "        raise OSError(errno.EXDEV, 'Invalid cross-device link')\n"
+       "    return real(a, b)\n"
+       "os.replace = replace\n"))
 
 
 @case("inject-backbone-config-unusable")
