@@ -18,6 +18,7 @@ COMMANDS = {
     "evaluate": "medusa_mlx.training.evaluate",
     "tree-search": "medusa_mlx.training.tree_search",
     "head-vocab": "medusa_mlx.training.head_vocab",
+    "distill": "medusa_mlx.training.distill",
     "server": "medusa_mlx.server",
 }
 

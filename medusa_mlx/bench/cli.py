@@ -46,6 +46,9 @@ def configure_parser():
     parser.add_argument("--verify-sizes", default=",".join(map(str, VERIFY_SIZES)), help="token counts for the verify-cost curve ('' to skip)")
     parser.add_argument("--verify-repeats", type=int, default=7)
     parser.add_argument("--json", default=None, help="write every figure and the environment to this file")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="draw speed per method (with its spread), tokens/step and the verify-cost "
+                             "curve in one figure (needs matplotlib: pip install 'medusa-mlx[plot]')")
     return parser
 
 
@@ -134,12 +137,21 @@ def main(argv=None):
 
 def _main(argv):
     args = configure_parser().parse_args(argv)
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # say so before the long run
+            raise ValueError("--plot needs matplotlib: pip install 'medusa-mlx[plot]'")
     result = benchmark(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     render(result)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        from .plot import plot_report
+
+        print(f"wrote {plot_report(result, args.plot)}", file=sys.stderr)
     # Greedy Medusa must reproduce plain greedy output exactly; anything else is a bug.
     unequal = [
         m for m in result["methods"]

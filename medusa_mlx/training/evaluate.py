@@ -22,6 +22,8 @@ from ..heads import MedusaHeads
 from .data import IGNORE, Features, relabel, teacher_tokens
 
 RANKS = 10
+# The held-out real-prompt sources the per-source figure averages over.
+REAL_EVAL_SOURCES = ("oasst", "self_instruct", "gsm8k_test", "humaneval")
 
 
 def head_ranks(heads: MedusaHeads, lm_head: Callable, data: Features, ranks: int = RANKS,
@@ -140,6 +142,11 @@ def configure_parser() -> ArgumentParser:
     p.add_argument("--heads", required=True)
     p.add_argument("--data", nargs="+", default=None,
                    help="the training data files: their held-out split gives the prompts")
+    p.add_argument("--prompt-sets", default=None, metavar="DIR",
+                   help="a folder of real prompt sets (../shared/data/prompts): decode the fixed "
+                        "held-out split of every source and report tokens/step per source")
+    p.add_argument("--sources", nargs="*", default=list(REAL_EVAL_SOURCES),
+                   help="with --prompt-sets: the sources to decode")
     p.add_argument("--features", default=None,
                    help="held-out features-*.npz from training: also report per-head accuracy "
                         "(sequential heads both fed their own guesses and the true tokens)")
@@ -166,37 +173,78 @@ def _main(argv):
     from ..heads import load_heads
     from ..model import medusa_model
     from ..load import load_backbone
-    from .data import load_features, prompt_ids, read_records, split_records
+    from .data import load_features
 
     parser = configure_parser()
     args = parser.parse_args(argv)
-    if args.trees and not args.data:
-        parser.error("decoding held-out prompts needs --data (or pass --trees with no trees)")
+    if args.trees and not (args.data or args.prompt_sets):
+        parser.error("decoding held-out prompts needs --data or --prompt-sets "
+                     "(or pass --trees with no trees)")
     backbone, tokenizer, _ = load_backbone(args.model)
     model = medusa_model(backbone, load_heads(args.heads))
     results = {"heads": args.heads, "max_tokens": args.max_tokens,
-               "held_out_accuracy": model.heads.args.extra.get("held_out_accuracy"),
-               "trees": {}}
+               "held_out_accuracy": model.heads.args.extra.get("held_out_accuracy")}
     if args.features:
         results["features"] = args.features
         results["accuracy"] = features_accuracy(model, load_features(args.features))
         for name, acc in results["accuracy"].items():
             print(f"held-out accuracy ({name}): top-1 {acc['top1']}  top-5 {acc['top5']}")
-    prompts = []
-    if args.trees:
-        records = read_records(args.data)[: args.max_records]
-        _, held = split_records(records, args.held_out, args.seed)
-        prompts = [prompt_ids(tokenizer, r, args.prompt_tokens) for r in held[: args.num_prompts]]
-    results["prompts"] = len(prompts)
-    eos = list(tokenizer.eos_token_ids)
-    for tree in args.trees:
-        r = mean_accepted_length(model, prompts, tree, args.max_tokens, eos)
-        results["trees"][tree] = r
-        print(f"{tree:>10}: {r['mean_accepted_length']:.2f} tokens/step "
-              f"({r['tokens']} tokens, {r['steps']} steps, {r['seconds']:.1f} s)", flush=True)
+    if args.trees and args.prompt_sets:
+        results["sources"] = decode_sources(model, tokenizer, args)
+    elif args.trees:
+        results["trees"] = decode_held_out(model, tokenizer, args)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def decode_held_out(model, tokenizer, args) -> dict:
+    """Tokens/step per tree on the held-out split of ``--data``."""
+    from .data import prompt_ids, read_records, split_records
+
+    records = read_records(args.data)[: args.max_records]
+    _, held = split_records(records, args.held_out, args.seed)
+    prompts = [prompt_ids(tokenizer, r, args.prompt_tokens) for r in held[: args.num_prompts]]
+    return decode_trees(model, tokenizer, prompts, args.trees, args.max_tokens)
+
+
+def decode_trees(model, tokenizer, prompts: list, trees, max_tokens: int, label: str = "") -> dict:
+    out = {}
+    eos = list(tokenizer.eos_token_ids)
+    for tree in trees:
+        r = mean_accepted_length(model, prompts, tree, max_tokens, eos)
+        out[tree] = r
+        print(f"{label}{tree:>10}: {r['mean_accepted_length']:.2f} tokens/step "
+              f"({r['tokens']} tokens, {r['steps']} steps, {r['seconds']:.1f} s)", flush=True)
+    return out
+
+
+def decode_sources(model, tokenizer, args) -> dict:
+    """Tokens/step per tree for each real prompt source's fixed held-out split
+    (``distill.is_held_out``: never trained on), and their average over sources
+    (each source weighs the same, whatever its number of prompts)."""
+    from pathlib import Path
+
+    from .distill import held_out_prompts, read_prompt_file
+
+    prompts = []
+    for source in args.sources:
+        path = Path(args.prompt_sets) / f"{source}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"no prompt set {path}")
+        prompts += read_prompt_file(path)
+    groups = held_out_prompts(prompts, args.num_prompts)
+    out = {"per_source": {}, "prompts": {s: len(g) for s, g in groups.items()}}
+    for source, group in groups.items():
+        ids = [list(tokenizer.apply_chat_template(p.messages, add_generation_prompt=True))
+               for p in group]
+        out["per_source"][source] = decode_trees(model, tokenizer, ids, args.trees,
+                                                 args.max_tokens, f"{source:>14} ")
+    out["average"] = {tree: round(float(np.mean([r[tree]["mean_accepted_length"]
+                                                 for r in out["per_source"].values()])), 3)
+                      for tree in args.trees}
+    print("average over sources: " + ", ".join(f"{t} {v:.2f}" for t, v in out["average"].items()))
+    return out
 
 
 if __name__ == "__main__":
