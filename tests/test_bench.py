@@ -119,3 +119,22 @@ def test_cli_writes_json(shared_dir, tmp_path):
     assert all(m["output_equal"] for m in result["methods"])
     assert set(result["verify_cost"]["relative_min"]) == {"1", "2"}
     assert "mlx-lm greedy" in proc.stdout
+
+
+def test_plot_draws_a_stored_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    from medusa_mlx.bench.plot import plot_report
+
+    report = json.loads((Path(__file__).parents[1] / "benchmarks" / "smollm2.json").read_text())
+    out = plot_report(report, tmp_path / "fig" / "smollm2.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # three panels, not a blank
+
+
+def test_plot_cli_refuses_what_is_not_a_report(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": 1}')
+    r = subprocess.run([sys.executable, "-m", "medusa_mlx.bench.plot", str(bad), str(tmp_path / "x.png")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.png").exists()
