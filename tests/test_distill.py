@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from medusa_mlx.training.distill import (
-    AnswerStore, Prompt, acceptable_prompt, distill, held_out_prompts, is_held_out,
-    read_prompt_file, training_rows,
+from medusa_mlx.training.distill import acceptable_prompt, distill
+from medusa_mlx.training.prompt_sets import (
+    AnswerStore, Prompt, held_out_prompts, is_held_out, read_prompt_file, training_rows,
 )
 
 

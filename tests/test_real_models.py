@@ -180,3 +180,47 @@ def test_train_cli_end_to_end_on_stories260k(shared_dir, tmp_path):
     assert model.head_vocab is not None and model.head_vocab.shape == (64,)
     prompt = tokenizer.encode("Tom had a red kite.")
     assert medusa(model, prompt, 60, "auto") == plain(model.backbone, prompt, 60)
+
+
+def test_train_cli_from_answer_stores_on_stories260k(shared_dir, tmp_path):
+    """train --answers: answers made elsewhere (distill chunks, the shared head start)
+    train without regenerating anything; held-out ids never train and, with no --data,
+    are the held-out split the tree is measured on."""
+    import gzip
+    import json
+
+    from medusa_mlx.training.cli import main as train_main
+    from medusa_mlx.training.prompt_sets import AnswerStore, is_held_out
+
+    model_path = str(shared_dir / "data" / "stories260K.bin")
+    _, tokenizer = load(model_path, medusa=None)
+    stories = (shared_dir / "data" / "tinystories_val.txt").read_text().split("\n\n")[:30]
+    ids = [f"magpie-{i}" for i in range(200)]
+    held = [i for i in ids if is_held_out(i)][:3]
+    train_ids = [i for i in ids if not is_held_out(i)][:27]
+    rows = []
+    for rid, story in zip(train_ids + held, stories):
+        tokens = tokenizer.encode(story)[:40]
+        rows.append({"id": rid, "prompt_ids": tokens[:8], "answer_ids": tokens[8:], "finish": "length"})
+    AnswerStore(tmp_path / "store").write_chunk("magpie", rows[:20])
+    with gzip.open(tmp_path / "more.jsonl.gz", "wt") as f:  # a single file, as ../shared has
+        f.writelines(json.dumps(r) + "\n" for r in rows[20:])
+    out = tmp_path / "heads"
+    with pytest.raises(SystemExit) as done:
+        train_main(["--model", model_path, "--answers", str(tmp_path / "store"),
+                    str(tmp_path / "more.jsonl.gz"), "--num-heads", "2", "--steps", "3",
+                    "--batch-size", "32", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    assert done.value.code == 0
+    config = json.loads((out / "config.json").read_text())
+    # Each answer gives len(answer) + 1 positions (the last prompt token predicts too).
+    expected = sum(len(r["answer_ids"]) + 1 for r in rows if r["id"] in train_ids)
+    assert config["training"]["train_positions"] == expected
+    assert config["held_out_accuracy"]["positions"] > 0 and config["tree"]
+    model, tokenizer = load(model_path, medusa=str(out))
+    prompt = tokenizer.encode("Tom had a red kite.")
+    assert medusa(model, prompt, 40, "auto") == plain(model.backbone, prompt, 40)
+    # Without held-out answers and without --data, a measured tree is refused in one line.
+    with pytest.raises(SystemExit) as done:
+        train_main(["--model", model_path, "--answers", str(tmp_path / "store"), "--steps", "1",
+                    "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "h2")])
+    assert done.value.code == 1

@@ -26,9 +26,14 @@ def configure_parser() -> ArgumentParser:
                                 description="Train Medusa heads on a frozen MLX model.")
     p.add_argument("--model", required=True,
                    help="llama2.c .bin, .gguf, 'smollm2', or an mlx-lm model path / hub id")
-    p.add_argument("--data", nargs="+", required=True,
+    p.add_argument("--data", nargs="+", default=[],
                    help="plain-text files (documents separated by blank lines) or JSONL "
                         "of {prompt|messages|text}")
+    p.add_argument("--answers", nargs="+", default=[],
+                   help="answer stores (folders of distill chunks or .jsonl[.gz] files, e.g. "
+                        "data/distilled/smollm2 ../shared/data/self_distilled/"
+                        "smollm2_answers.jsonl.gz): their non-held-out answers train; their "
+                        "held-out answers are the held-out split when --data is not given")
     p.add_argument("--extra-data", nargs="+", default=[],
                    help="training-only files: every record trains and the held-out split "
                         "still comes from --data alone, so adding data keeps it unchanged")
@@ -83,6 +88,25 @@ def configure_parser() -> ArgumentParser:
     return p
 
 
+def training_data(backbone, tokenizer, args, data_config, log):
+    """The records of ``--data`` (answered, held-out split) and the answer stores
+    of ``--answers``; held-out positions come from ``--data`` when given."""
+    from .data import Dataset, Features, prepare
+    from .prompt_sets import answer_dataset
+
+    parts = []
+    if args.data:
+        parts.append(prepare(backbone, tokenizer, args.model, data_config, args.cache_dir, log=log))
+    if args.answers:
+        parts.append(answer_dataset(backbone, args.model, args.answers, args.max_seq_len,
+                                    args.cache_dir, log=log))
+    train = [p.train for p in parts if p.train is not None]
+    if not train:
+        raise UsageError("no training positions in --data / --answers")
+    return Dataset(Features.concat(train) if len(train) > 1 else train[0], parts[0].held_out,
+                   parts[0].held_out_prompts, parts[0].cache_dir)
+
+
 def main(argv=None):
     """``python -m medusa_mlx.train`` / ``medusa-train``."""
     from ..cli import run_cli
@@ -96,11 +120,12 @@ def _main(argv):
     from ..backbone import split_backbone
     from ..model import medusa_model
     from ..load import load_backbone
-    from .data import prepare
     from .tree_search import choose_tree_for
     from .evaluate import decoding_projection, head_accuracy
 
     args = configure_parser().parse_args(argv)
+    if not args.data and not args.answers:
+        raise UsageError("give training data: --data FILE... and/or --answers STORE...")
     if args.head_vocab and not args.shared_lm_head:
         raise UsageError("--head-vocab needs --shared-lm-head")
     if args.loss_vocab == "head" and not args.head_vocab:
@@ -119,8 +144,10 @@ def _main(argv):
                              max_records=args.max_records, batch_size=args.gen_batch_size,
                              seed=args.seed, samples_per_prompt=args.samples_per_prompt,
                              sample_temp=args.sample_temp, extra_files=args.extra_data)
-    dataset = prepare(backbone, tokenizer, args.model, data_config, args.cache_dir,
-                      log=console.print)
+    dataset = training_data(backbone, tokenizer, args, data_config, console.print)
+    if dataset.held_out is None and args.tree == "measure":
+        raise UsageError("--tree measure needs held-out positions (none in --data / --answers); "
+                         "pass --tree PRESET / none")
     data_seconds = time.perf_counter() - tic
     config = TrainConfig(num_heads=args.num_heads, num_layers=args.num_layers,
                          shared_lm_head=args.shared_lm_head,
@@ -174,6 +201,7 @@ def _main(argv):
             "command": "python -m medusa_mlx.train " + shlex.join(argv or sys.argv[1:]),
             "config": asdict(config),
             "data": {k: v for k, v in asdict(data_config).items() if k != "batch_size"},
+            "answers": list(args.answers),
             "train_positions": len(dataset.train),
             "data_seconds": round(data_seconds, 1),
             "train_seconds": round(train_seconds, 1),

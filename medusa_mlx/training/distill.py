@@ -8,97 +8,29 @@ prompts (``../shared/data/prompts``), prompts the model writes itself (Magpie:
 the chat template up to the start of a user turn, sampled) and second turns
 (the model asks a follow-up to its own answer).
 
-Every source has a fixed held-out split (a hash of the prompt id, so it never
-moves when files grow; all of GSM8K test), which is never answered for training.
+Held-out prompts (``prompt_sets.is_held_out``) are never answered for training
+(generated prompts are answered, and training skips the held-out ones).
 
 Throughput: mlx-lm's ``BatchGenerator`` pads a batch to its longest prompt, so
-prompts are answered in length order, one batch per chunk. Each chunk is one
-gzip file of rows ``{"id", "prompt_ids", "answer_ids", "finish"}`` (the format
-of ``../shared/data/self_distilled``), written atomically when its batch ends:
-an interrupted run loses at most one batch and resumes from the files present.
+prompts are answered in length order, one batch per chunk (128 prompts in file
+order grew to 14 GB and fell from ~124 to ~35 tokens/s in a trial here; sorted,
+4 GB and ~125 tokens/s). Each chunk is written atomically when its batch ends
+(``prompt_sets.AnswerStore``): an interrupted run loses at most one batch and
+resumes from the files present.
 """
 
-import gzip
-import hashlib
 import json
-import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from .answers import generate_batched
+from .prompt_sets import (
+    REAL_SOURCES, AnswerStore, Prompt, is_held_out, read_prompt_file, template_prompts,
+)
 
-REAL_SOURCES = ("oasst", "self_instruct", "humaneval", "gsm8k_train", "gsm8k_test")
-# Held-out fraction per source (by id hash). HumanEval is small, so a larger share
-# is held out to give its per-source figure at least ~40 prompts.
-HELD_OUT = {"oasst": 0.1, "self_instruct": 0.1, "humaneval": 0.25, "gsm8k_train": 0.05,
-            "gsm8k_test": 1.0, "magpie": 0.05, "followup": 0.05}
 MAX_PROMPT_TOKENS = 1024
-
-
-@dataclass
-class Prompt:
-    id: str
-    messages: list  # chat messages up to (and including) the last user turn
-    parent: Optional[str] = None  # follow-ups: the id of the answered first turn
-    source: str = field(init=False)
-
-    def __post_init__(self):
-        self.source = self.id.rsplit("-", 1)[0]
-
-
-def is_held_out(prompt_id: str) -> bool:
-    """Fixed by the id alone, so adding prompts or sources never moves the split."""
-    source = prompt_id.rsplit("-", 1)[0]
-    fraction = HELD_OUT.get(source, 0.1)
-    h = int(hashlib.sha256(prompt_id.encode()).hexdigest()[:8], 16) / 0x100000000
-    return h < fraction
-
-
-def read_prompt_file(path: Path) -> list[Prompt]:
-    rows = [json.loads(line) for line in Path(path).read_text().split("\n") if line.strip()]
-    return [Prompt(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in rows]
-
-
-def read_answers(paths) -> Iterator[dict]:
-    """Rows of answer files (``.jsonl`` or ``.jsonl.gz``)."""
-    for path in paths:
-        opener = gzip.open if str(path).endswith(".gz") else open
-        with opener(path, "rt") as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-
-
-class AnswerStore:
-    """A folder of answer chunks: ``{tag}.{n:04d}.jsonl.gz``. ``done`` holds the
-    ids answered here or in any ``extra`` file (e.g. the shared head start)."""
-
-    def __init__(self, folder: Path, extra: tuple = ()):
-        self.folder = Path(folder)
-        self.extra = [Path(p) for p in extra if Path(p).exists()]
-        self.done = {r["id"] for r in read_answers(self.chunks() + self.extra)}
-
-    def chunks(self) -> list[Path]:
-        return sorted(self.folder.glob("*.jsonl.gz")) if self.folder.is_dir() else []
-
-    def rows(self) -> Iterator[dict]:
-        return read_answers(self.chunks() + self.extra)
-
-    def write_chunk(self, tag: str, rows: list) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        n = len([p for p in self.chunks() if p.name.startswith(tag + ".")])
-        path = self.folder / f"{tag}.{n:04d}.jsonl.gz"
-        tmp = path.with_suffix(".tmp")
-        # No name, mtime=0: the same rows give the same bytes (clean git diffs on re-runs).
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
-            for r in rows:
-                f.write((json.dumps(r, separators=(",", ":")) + "\n").encode())
-        os.replace(tmp, path)
-        self.done.update(r["id"] for r in rows)
-        return path
 
 
 def answer_chunk(model, tokenizer, prompts: list[Prompt], max_new_tokens: int,
@@ -126,30 +58,6 @@ def answer_chunk(model, tokenizer, prompts: list[Prompt], max_new_tokens: int,
     tokens = sum(len(o) for o in outs)
     return rows, {"prompts": len(prompts), "tokens": tokens, "seconds": round(seconds, 1),
                   "tokens_per_s": round(tokens / seconds, 1)}
-
-
-def held_out_prompts(prompts: list[Prompt], per_source: Optional[int] = None) -> dict:
-    """Held-out prompts grouped by source, in a fixed order (by id hash), at most
-    ``per_source`` each: what evaluation decodes, never what training reads."""
-    groups: dict = {}
-    for p in sorted(prompts, key=lambda p: hashlib.sha256(p.id.encode()).hexdigest()):
-        if is_held_out(p.id):
-            groups.setdefault(p.source, []).append(p)
-    return {s: g[:per_source] for s, g in sorted(groups.items())}
-
-
-def training_rows(rows, max_seq_len: int = 1024) -> Iterator[tuple[list, int]]:
-    """``(tokens, start)`` for every answer that may be trained on: held-out ids
-    are skipped, each id once, sequences cut to ``max_seq_len`` tokens; ``start``
-    is the last prompt position (the first whose labels are answer tokens)."""
-    seen = set()
-    for r in rows:
-        if r["id"] in seen or is_held_out(r["id"]) or not r["answer_ids"]:
-            continue
-        seen.add(r["id"])
-        tokens = (r["prompt_ids"] + r["answer_ids"])[:max_seq_len]
-        if len(tokens) > len(r["prompt_ids"]):
-            yield tokens, len(r["prompt_ids"]) - 1
 
 
 # ---------------------------------------------------------------------------
@@ -248,17 +156,6 @@ def followup_prompts(model, tokenizer, answered: list, start_index: int, seen: s
 
 # ---------------------------------------------------------------------------
 # the plan: which chunk next
-
-
-def template_prompts(paths) -> list[Prompt]:
-    """The template chat prompts (``data/chat_prompts*.jsonl``), ids by file and line."""
-    prompts = []
-    for path in paths:
-        tag = "template_extra" if "extra" in Path(path).name else "template"
-        rows = [json.loads(line) for line in Path(path).read_text().split("\n") if line.strip()]
-        prompts += [Prompt(f"{tag}-{i}", [{"role": "user", "content": r["prompt"]}])
-                    for i, r in enumerate(rows)]
-    return prompts
 
 
 # Chunks cycle over these kinds, so whatever has been made when a run stops is

@@ -192,20 +192,21 @@ def _main(argv):
     if args.trees and args.prompt_sets:
         results["sources"] = decode_sources(model, tokenizer, args)
     elif args.trees:
-        results["trees"] = decode_held_out(model, tokenizer, args)
+        prompts = held_out_prompt_ids(tokenizer, args)
+        results["prompts"] = len(prompts)
+        results["trees"] = decode_trees(model, tokenizer, prompts, args.trees, args.max_tokens)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)
 
 
-def decode_held_out(model, tokenizer, args) -> dict:
-    """Tokens/step per tree on the held-out split of ``--data``."""
+def held_out_prompt_ids(tokenizer, args) -> list:
+    """The prompts of the held-out split of ``--data``, as token ids."""
     from .data import prompt_ids, read_records, split_records
 
     records = read_records(args.data)[: args.max_records]
     _, held = split_records(records, args.held_out, args.seed)
-    prompts = [prompt_ids(tokenizer, r, args.prompt_tokens) for r in held[: args.num_prompts]]
-    return decode_trees(model, tokenizer, prompts, args.trees, args.max_tokens)
+    return [prompt_ids(tokenizer, r, args.prompt_tokens) for r in held[: args.num_prompts]]
 
 
 def decode_trees(model, tokenizer, prompts: list, trees, max_tokens: int, label: str = "") -> dict:
@@ -225,7 +226,7 @@ def decode_sources(model, tokenizer, args) -> dict:
     (each source weighs the same, whatever its number of prompts)."""
     from pathlib import Path
 
-    from .distill import held_out_prompts, read_prompt_file
+    from .prompt_sets import held_out_prompts, read_prompt_file
 
     prompts = []
     for source in args.sources:

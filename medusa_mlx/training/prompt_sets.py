@@ -1,0 +1,166 @@
+"""Prompt sets and answer stores for self-distillation: which prompts exist,
+which are held out, and the answers the base model wrote to them.
+
+The held-out split is a hash of the prompt id (all of GSM8K test), so it never
+moves when files grow or sources are added, and every tool (``distill``,
+``train --answers``, ``evaluate --prompt-sets``) agrees on it without sharing
+state. Answers live in gzip chunks of rows ``{"id", "prompt_ids", "answer_ids",
+"finish"}`` (the format of ``../shared/data/self_distilled``), optionally with
+``messages`` (generated prompts) and ``parent`` (follow-ups).
+"""
+
+import gzip
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+REAL_SOURCES = ("oasst", "self_instruct", "humaneval", "gsm8k_train", "gsm8k_test")
+# Held-out fraction per source (by id hash). HumanEval is small, so a larger share
+# is held out to give its per-source figure at least ~40 prompts.
+HELD_OUT = {"oasst": 0.1, "self_instruct": 0.1, "humaneval": 0.25, "gsm8k_train": 0.05,
+            "gsm8k_test": 1.0, "magpie": 0.05, "followup": 0.05}
+
+
+@dataclass
+class Prompt:
+    id: str
+    messages: list  # chat messages up to (and including) the last user turn
+    parent: Optional[str] = None  # follow-ups: the id of the answered first turn
+    source: str = field(init=False)
+
+    def __post_init__(self):
+        self.source = self.id.rsplit("-", 1)[0]
+
+
+def is_held_out(prompt_id: str) -> bool:
+    """Fixed by the id alone, so adding prompts or sources never moves the split."""
+    source = prompt_id.rsplit("-", 1)[0]
+    fraction = HELD_OUT.get(source, 0.1)
+    h = int(hashlib.sha256(prompt_id.encode()).hexdigest()[:8], 16) / 0x100000000
+    return h < fraction
+
+
+def read_prompt_file(path: Path) -> list[Prompt]:
+    rows = [json.loads(line) for line in Path(path).read_text().split("\n") if line.strip()]
+    return [Prompt(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in rows]
+
+
+def read_answers(paths) -> Iterator[dict]:
+    """Rows of answer files (``.jsonl`` or ``.jsonl.gz``)."""
+    for path in paths:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rt") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+class AnswerStore:
+    """A folder of answer chunks: ``{tag}.{n:04d}.jsonl.gz``. ``done`` holds the
+    ids answered here or in any ``extra`` file (e.g. the shared head start)."""
+
+    def __init__(self, folder: Path, extra: tuple = ()):
+        self.folder = Path(folder)
+        self.extra = [Path(p) for p in extra if Path(p).exists()]
+        self.done = {r["id"] for r in read_answers(self.chunks() + self.extra)}
+
+    def chunks(self) -> list[Path]:
+        return sorted(self.folder.glob("*.jsonl.gz")) if self.folder.is_dir() else []
+
+    def rows(self) -> Iterator[dict]:
+        return read_answers(self.chunks() + self.extra)
+
+    def write_chunk(self, tag: str, rows: list) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = len([p for p in self.chunks() if p.name.startswith(tag + ".")])
+        path = self.folder / f"{tag}.{n:04d}.jsonl.gz"
+        tmp = path.with_suffix(".tmp")
+        # No name, mtime=0: the same rows give the same bytes (clean git diffs on re-runs).
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
+            for r in rows:
+                f.write((json.dumps(r, separators=(",", ":")) + "\n").encode())
+        os.replace(tmp, path)
+        self.done.update(r["id"] for r in rows)
+        return path
+
+
+def held_out_prompts(prompts: list[Prompt], per_source: Optional[int] = None) -> dict:
+    """Held-out prompts grouped by source, in a fixed order (by id hash), at most
+    ``per_source`` each: what evaluation decodes, never what training reads."""
+    groups: dict = {}
+    for p in sorted(prompts, key=lambda p: hashlib.sha256(p.id.encode()).hexdigest()):
+        if is_held_out(p.id):
+            groups.setdefault(p.source, []).append(p)
+    return {s: g[:per_source] for s, g in sorted(groups.items())}
+
+
+def training_rows(rows, max_seq_len: int = 1024,
+                  held_out: bool = False) -> Iterator[tuple[list, int]]:
+    """``(tokens, start)`` for every answer that may be trained on (with
+    ``held_out``: every held-out answer instead), each id once, sequences cut to
+    ``max_seq_len`` tokens; ``start`` is the last prompt position (the first
+    whose labels are answer tokens)."""
+    seen = set()
+    for r in rows:
+        if r["id"] in seen or is_held_out(r["id"]) != held_out or not r["answer_ids"]:
+            continue
+        seen.add(r["id"])
+        tokens = (r["prompt_ids"] + r["answer_ids"])[:max_seq_len]
+        if len(tokens) > len(r["prompt_ids"]):
+            yield tokens, len(r["prompt_ids"]) - 1
+
+
+def template_prompts(paths) -> list[Prompt]:
+    """The template chat prompts (``data/chat_prompts*.jsonl``), ids by file and line."""
+    prompts = []
+    for path in paths:
+        tag = "template_extra" if "extra" in Path(path).name else "template"
+        rows = [json.loads(line) for line in Path(path).read_text().split("\n") if line.strip()]
+        prompts += [Prompt(f"{tag}-{i}", [{"role": "user", "content": r["prompt"]}])
+                    for i, r in enumerate(rows)]
+    return prompts
+
+
+def answer_files(paths) -> list[Path]:
+    """Answer files named directly, and every chunk inside a named folder."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(p.glob("*.jsonl.gz")) + sorted(p.glob("*.jsonl"))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no answer file or folder at {p}")
+    return files
+
+
+def answer_dataset(model, model_spec: str, paths, max_seq_len: int, cache_root, log=print):
+    """Training features from answer stores (held-out ids skipped) and held-out
+    features from the held-out answers they hold (generated prompts are answered
+    whatever their split). Cached under a key of the model and the files' bytes:
+    new chunks make a new key, the backbone runs once per set of files."""
+    from .data import Dataset, TokenSequence, compute_features, load_features, save_features
+
+    files = answer_files(paths)
+    digest = hashlib.sha256(f"{model_spec}|{max_seq_len}".encode())
+    for f in files:
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    cache_dir = Path(cache_root) / f"answers-{digest.hexdigest()[:16]}"
+    features = {}
+    for split, held in (("train", False), ("held_out", True)):
+        path = cache_dir / f"features-{split}.npz"
+        if path.exists():
+            features[split] = load_features(path)
+            log(f"answers {split}: {len(features[split])} positions from cache {path}")
+            continue
+        sequences = [TokenSequence(t, s) for t, s in
+                     training_rows(read_answers(files), max_seq_len, held_out=held)]
+        features[split] = compute_features(model, sequences) if sequences else None
+        if features[split] is not None:
+            save_features(path, features[split])
+            log(f"answers {split}: {len(sequences)} answers, {len(features[split])} positions "
+                f"-> {path}")
+    return Dataset(features["train"], features["held_out"], [], cache_dir)
