@@ -78,22 +78,48 @@ def test_distill_writes_magpie_followups_and_resumes(tmp_path):
     store = AnswerStore(tmp_path / "answers")
     logged = []
     written = distill(model, tokenizer, store, [], chunk_size=4, max_new_tokens=8, batch_size=4,
-                      minutes=10, log=logged.append, max_chunks=2, cycle=("magpie", "followup"))
-    assert written == 2 and len(logged) == 2
+                      minutes=10, log=logged.append, max_chunks=1, cycle=("magpie",),
+                      chunks_per_round=1)
+    assert written == 1
     rows = list(AnswerStore(tmp_path / "answers").rows())
     magpie = [r for r in rows if r["id"].startswith("magpie-")]
-    follow = [r for r in rows if r["id"].startswith("followup-")]
     assert magpie and all(acceptable_prompt(r["messages"][0]["content"]) for r in magpie)
     for r in rows:
         assert 1 <= len(r["answer_ids"]) <= 8
         assert r["prompt_ids"] == list(tokenizer.apply_chat_template(r["messages"],
                                                                      add_generation_prompt=True))
-    # A follow-up continues a first turn that stopped: user, assistant, user.
-    for r in follow:
-        assert [m["role"] for m in r["messages"]] == ["user", "assistant", "user"]
-        assert r["parent"] in {m["id"] for m in magpie}
-    # Greedy answers: the same prompt answered again gives the same tokens.
-    from medusa_mlx.training.distill import answer_chunk
+    # Two chunks in one continuous batch: both written, ids continue (resumed), one round logged.
+    more = distill(model, tokenizer, AnswerStore(tmp_path / "answers"), [], chunk_size=3,
+                   max_new_tokens=8, batch_size=4, minutes=10, log=logged.append, max_chunks=2,
+                   cycle=("magpie",), chunks_per_round=2)
+    assert more == 2 and len(list((tmp_path / "answers").glob("magpie.*.jsonl.gz"))) == 3
+    ids = [r["id"] for r in AnswerStore(tmp_path / "answers").rows() if r["id"].startswith("magpie")]
+    assert len(ids) == len(set(ids))
+    rounds = [json.loads(e) for e in logged if '"round"' in e]
+    assert rounds[-1]["round"] == ["magpie", "magpie"] and rounds[-1]["tokens"] > 0
+    # Greedy answers: the same prompt answered again, alone, gives the same tokens.
+    from medusa_mlx.training.distill import answer_chunks
 
-    again, _ = answer_chunk(model, tokenizer, [Prompt(magpie[0]["id"], magpie[0]["messages"])], 8, 4)
-    assert again[0]["answer_ids"] == magpie[0]["answer_ids"]
+    got = []
+    answer_chunks(model, tokenizer, [[Prompt(magpie[0]["id"], magpie[0]["messages"])]], 8, 4,
+                  lambda k, r: got.extend(r))
+    assert got[0]["answer_ids"] == magpie[0]["answer_ids"]
+
+
+@pytest.mark.smollm2
+def test_followup_asks_about_the_models_own_answer():
+    from medusa_mlx.load import load_backbone
+    from medusa_mlx.training.distill import followup_prompts
+
+    model, tokenizer, _ = load_backbone("smollm2")
+    first = Prompt("oasst-3", [{"role": "user", "content": "What is the capital of France?"}])
+    answer = tokenizer.encode("The capital of France is Paris.", add_special_tokens=False) + [2]
+    prompts, info = followup_prompts(model, tokenizer, [(first, answer)] * 6, 0, set(),
+                                     batch_size=6)
+    assert info["sampled"] == 6 and info["kept"] == len(prompts) >= 1
+    for p in prompts:
+        assert [m["role"] for m in p.messages] == ["user", "assistant", "user"]
+        assert p.messages[1]["content"] == "The capital of France is Paris."
+        assert p.parent == "oasst-3" and p.source == "followup" and acceptable_prompt(
+            p.messages[2]["content"], min_words=3)
+    assert len({p.messages[2]["content"] for p in prompts}) == len(prompts)  # deduplicated

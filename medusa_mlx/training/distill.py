@@ -22,6 +22,7 @@ resumes from the files present.
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -33,31 +34,51 @@ from .prompt_sets import (
 MAX_PROMPT_TOKENS = 1024
 
 
-def answer_chunk(model, tokenizer, prompts: list[Prompt], max_new_tokens: int,
-                 batch_size: int) -> tuple[list, dict]:
-    """Greedy answers to ``prompts`` (one batch, sorted by length), and throughput."""
-    encoded = [list(tokenizer.apply_chat_template(p.messages, add_generation_prompt=True))
-               for p in prompts]
-    order = sorted((i for i in range(len(prompts)) if len(encoded[i]) <= MAX_PROMPT_TOKENS),
-                   key=lambda i: len(encoded[i]))
+def answer_chunks(model, tokenizer, chunks: list, max_new_tokens: int, batch_size: int,
+                  on_chunk) -> dict:
+    """Greedy answers to several chunks of prompts in ONE continuous batch: when
+    an answer ends, the next prompt takes its slot, so the batch never drains to
+    a few long answers between chunks. ``on_chunk(k, rows)`` is called as soon as
+    every answer of chunk k is complete. Returns the round's throughput.
+    Prompts go in chunk by chunk, shortest first within a chunk (mlx-lm's
+    BatchGenerator pads a prefill batch to its longest prompt)."""
     eos = set(tokenizer.eos_token_ids)
+    flat = []  # (chunk index, prompt, token ids)
+    for k, chunk in enumerate(chunks):
+        for p in chunk:
+            ids = list(tokenizer.apply_chat_template(p.messages, add_generation_prompt=True))
+            if len(ids) <= MAX_PROMPT_TOKENS:
+                flat.append((k, p, ids))
+    flat.sort(key=lambda item: (item[0], len(item[2])))
+    remaining = Counter(k for k, _, _ in flat)
+    rows: dict = {}
+    tokens = 0
+
+    def done(i, answer):
+        nonlocal tokens
+        k, prompt, ids = flat[i]
+        tokens += len(answer)
+        rows.setdefault(k, []).append(answer_row(prompt, ids, answer, eos))
+        remaining[k] -= 1
+        if remaining[k] == 0:
+            on_chunk(k, rows.pop(k))
+
     start = time.perf_counter()
-    outs = generate_batched(model, [encoded[i] for i in order], max_new_tokens,
-                            sorted(eos), batch_size)
+    generate_batched(model, [ids for _, _, ids in flat], max_new_tokens, sorted(eos),
+                     batch_size, on_done=done)
     seconds = time.perf_counter() - start
-    rows = []
-    for i, answer in zip(order, outs):
-        finish = "stop" if answer and answer[-1] in eos else "length"
-        row = {"id": prompts[i].id, "prompt_ids": encoded[i], "answer_ids": answer,
-               "finish": finish}
-        if prompts[i].source in ("magpie", "followup"):
-            row["messages"] = prompts[i].messages  # generated prompts: keep their text
-        if prompts[i].parent is not None:
-            row["parent"] = prompts[i].parent
-        rows.append(row)
-    tokens = sum(len(o) for o in outs)
-    return rows, {"prompts": len(prompts), "tokens": tokens, "seconds": round(seconds, 1),
-                  "tokens_per_s": round(tokens / seconds, 1)}
+    return {"prompts": len(flat), "tokens": tokens, "seconds": round(seconds, 1),
+            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+
+
+def answer_row(prompt: Prompt, prompt_ids: list, answer: list, eos: set) -> dict:
+    row = {"id": prompt.id, "prompt_ids": prompt_ids, "answer_ids": list(answer),
+           "finish": "stop" if answer and answer[-1] in eos else "length"}
+    if prompt.source in ("magpie", "followup"):
+        row["messages"] = prompt.messages  # generated prompts: keep their text
+    if prompt.parent is not None:
+        row["parent"] = prompt.parent
+    return row
 
 
 # ---------------------------------------------------------------------------
@@ -174,9 +195,11 @@ def next_chunk(kind: str, pending: dict, size: int) -> list[Prompt]:
 
 def distill(model, tokenizer, store: AnswerStore, prompts: list[Prompt], chunk_size: int,
             max_new_tokens: int, batch_size: int, minutes: float, log=print,
-            max_chunks: Optional[int] = None, cycle: tuple = CYCLE) -> int:
-    """Answer training prompts chunk by chunk until ``minutes`` have passed (or
-    ``max_chunks`` were written); returns the number of chunks written."""
+            max_chunks: Optional[int] = None, cycle: tuple = CYCLE,
+            chunks_per_round: int = 4) -> int:
+    """Answer training prompts until ``minutes`` have passed (or ``max_chunks``
+    were written), ``chunks_per_round`` chunks per continuous batch; returns the
+    number of chunks written."""
     deadline = time.time() + 60 * minutes
     by_id = {p.id: p for p in prompts}
     rows = list(store.rows())
@@ -193,40 +216,60 @@ def distill(model, tokenizer, store: AnswerStore, prompts: list[Prompt], chunk_s
             pending.setdefault(kind, []).append(p)
     turn = written = 0
     while time.time() < deadline and (max_chunks is None or written < max_chunks):
-        kind = "real" if pending.get("real") else cycle[turn % len(cycle)]
-        turn += 1
-        info: dict = {}
-        if kind == "magpie":
-            chunk, info = magpie_prompts(model, tokenizer, int(chunk_size * 1.25),
-                                         counts["magpie"], seen, batch_size=batch_size)
-            chunk = chunk[:chunk_size]
-            counts["magpie"] += len(chunk)
-        elif kind == "followup":
-            firsts = [(by_id.get(r["id"]) or _row_prompt(r), r["answer_ids"]) for r in rows
-                      if r.get("finish") == "stop" and r["id"] not in parents
-                      and not is_held_out(r["id"]) and not r["id"].startswith("followup")]
-            firsts = [f for f in firsts if f[0] is not None][:chunk_size]
-            chunk, info = followup_prompts(model, tokenizer, firsts, counts["followup"], seen,
-                                           batch_size=batch_size)
-            counts["followup"] += len(chunk)
-            parents |= {p.parent for p in chunk}
-        else:
-            chunk = next_chunk(kind, pending, chunk_size)
-        chunk = [p for p in chunk if p.id not in store.done]
-        if not chunk:  # this kind is used up (or nothing passed the filters)
-            continue
-        new_rows, stats = answer_chunk(model, tokenizer, chunk, max_new_tokens, batch_size)
-        if not new_rows:  # every prompt was over MAX_PROMPT_TOKENS
-            continue
-        path = store.write_chunk(kind, new_rows)
-        written += 1
-        rows += new_rows
-        entry = {"kind": kind, "file": path.name, **stats, **{f"prompts_{k}": v for k, v in info.items()},
-                 "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-        with open(store.folder / "log.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        log(json.dumps(entry))
+        round_size = chunks_per_round if max_chunks is None else min(chunks_per_round,
+                                                                        max_chunks - written)
+        kinds, chunks, infos = [], [], []
+        for _ in range(len(cycle) + 1):  # at most one pass over the cycle per round
+            if len(chunks) == round_size:
+                break
+            kind = "real" if pending.get("real") else cycle[turn % len(cycle)]
+            turn += 1
+            info: dict = {}
+            if kind == "magpie":
+                chunk, info = magpie_prompts(model, tokenizer, int(chunk_size * 1.25),
+                                             counts["magpie"], seen, batch_size=batch_size)
+                chunk = chunk[:chunk_size]
+                counts["magpie"] += len(chunk)
+            elif kind == "followup":
+                firsts = [(by_id.get(r["id"]) or _row_prompt(r), r["answer_ids"]) for r in rows
+                          if r.get("finish") == "stop" and r["id"] not in parents
+                          and not is_held_out(r["id"]) and not r["id"].startswith("followup")]
+                firsts = [f for f in firsts if f[0] is not None][:chunk_size]
+                chunk, info = followup_prompts(model, tokenizer, firsts, counts["followup"],
+                                               seen, batch_size=batch_size)
+                counts["followup"] += len(chunk)
+                parents |= {p.parent for p in chunk}
+            else:
+                chunk = next_chunk(kind, pending, chunk_size)
+            chunk = [p for p in chunk if p.id not in store.done]
+            if chunk:  # else this kind is used up (or nothing passed the filters)
+                kinds.append(kind)
+                chunks.append(chunk)
+                infos.append(info)
+        if not chunks:
+            break
+
+        def write(k, new_rows):
+            nonlocal written
+            path = store.write_chunk(kinds[k], new_rows)
+            written += 1
+            rows.extend(new_rows)
+            entry = {"kind": kinds[k], "file": path.name, "prompts": len(new_rows),
+                     "tokens": sum(len(r["answer_ids"]) for r in new_rows),
+                     **{f"prompts_{key}": v for key, v in infos[k].items()},
+                     "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+            _log(store, entry, log)
+
+        stats = answer_chunks(model, tokenizer, chunks, max_new_tokens, batch_size, write)
+        _log(store, {"round": kinds, "batch_size": batch_size, **stats}, log)
     return written
+
+
+def _log(store: AnswerStore, entry: dict, log) -> None:
+    store.folder.mkdir(parents=True, exist_ok=True)
+    with open(store.folder / "log.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    log(json.dumps(entry))
 
 
 def _row_prompt(row: dict) -> Optional[Prompt]:
@@ -255,6 +298,9 @@ def configure_parser():
     parser.add_argument("--minutes", type=float, default=60.0,
                         help="stop starting new chunks after this long")
     parser.add_argument("--max-chunks", type=int, default=None)
+    parser.add_argument("--chunks-per-round", type=int, default=4,
+                        help="chunks answered in one continuous batch (1: the batch drains "
+                             "between chunks)")
     return parser
 
 
@@ -274,7 +320,8 @@ def _main(argv):
     model, tokenizer, _ = load_backbone(args.model)
     store = AnswerStore(Path(args.out), tuple(args.head_start))
     distill(model, tokenizer, store, prompts, args.chunk_size, args.max_new_tokens,
-            args.batch_size, args.minutes, max_chunks=args.max_chunks)
+            args.batch_size, args.minutes, max_chunks=args.max_chunks,
+            chunks_per_round=args.chunks_per_round)
 
 
 if __name__ == "__main__":
