@@ -18,7 +18,7 @@ COMMANDS = {
     "evaluate": "medusa_mlx.training.evaluate",
     "tree-search": "medusa_mlx.training.tree_search",
     "head-vocab": "medusa_mlx.training.head_vocab",
-    "server": "medusa_mlx.server",
+    "server": "medusa_mlx.server.cli",
 }
 
 
