@@ -8,6 +8,7 @@ Option names follow ``mlx_lm.server`` where the same option exists (``--model``,
 
 import argparse
 import logging
+import os
 import sys
 import threading
 
@@ -32,7 +33,7 @@ def configure_parser() -> ArgumentParser:
     parser.add_argument("--tree", default="auto", help=f"candidate tree: auto (saved with the heads; default), {', '.join(PRESETS)}")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port, printed at start)")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 endpoints")
+    parser.add_argument("--api-key", default=os.environ.get("MEDUSA_API_KEY") or None, help="require 'Authorization: Bearer KEY' on /v1 endpoints (default: $MEDUSA_API_KEY, which, unlike an argument, other users' ps does not show)")
     parser.add_argument("--allowed-origins", default="", help="comma-separated origins for browser (CORS) clients, or '*' (default: none)")
     sampling = parser.add_argument_group("defaults for requests that do not say")
     sampling.add_argument("--temp", type=float, default=0.0, help="temperature (default 0: greedy)")
