@@ -198,7 +198,7 @@ def parse_request(body: Any, kind: str, tokenizer, limits: Limits, defaults: Sam
     top_p = _check(body, "top_p", (int, float), low=0, high=1, default=defaults.top_p)
     top_k = _check(body, "top_k", (int,), low=0, default=defaults.top_k)
     min_p = _check(body, "min_p", (int, float), low=0, high=1, default=defaults.min_p)
-    seed = _check(body, "seed", (int,), default=None)
+    seed = _check(body, "seed", (int,), low=0, default=None)  # numpy refuses negative seeds
     accept = _check(body, "accept", (str,), default=defaults.accept)
     if accept not in ("lossless", "typical"):
         raise RequestError(f"'accept' must be 'lossless' or 'typical', got {accept!r}", param="accept")
