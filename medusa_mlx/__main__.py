@@ -19,7 +19,7 @@ COMMANDS = {
     "tree-search": "medusa_mlx.training.tree_search",
     "head-vocab": "medusa_mlx.training.head_vocab",
     "distill": "medusa_mlx.training.distill",
-    "server": "medusa_mlx.server",
+    "server": "medusa_mlx.server.cli",
 }
 
 

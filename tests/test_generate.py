@@ -7,7 +7,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 
 from medusa_mlx.attention import UnsupportedModelError, tree_attention
-from medusa_mlx.generate import ContextLengthError, medusa_generate_step
+from medusa_mlx.generate import ContextLengthError, ConversationCache, encode_prompt, medusa_generate_step
 from medusa_mlx.model import attach_heads
 from medusa_mlx.tree import tree_from_spec
 from tiny_models import ARCHITECTURES, tiny_model
@@ -148,6 +148,40 @@ def test_max_tokens_exact_and_eos_stops():
     stop = ref.index(eos)
     out = medusa_tokens(model, PROMPT, 100, tree="tree-64", proposer=oracle(PROMPT + ref), eos_token_ids=[eos])
     assert out == ref[: stop + 1]
+
+
+def test_conversation_cache_reads_only_new_tokens_and_changes_nothing():
+    """A second turn on a reused cache: only its new tokens are fed, and it says
+    what a fresh cache says (half a tree left behind is trimmed away)."""
+    backbone = tiny_model("llama")
+    model = attach_heads(backbone, num_heads=4, seed=1)
+    conversation = ConversationCache(model.make_cache())
+    assert conversation.reuse(PROMPT) == 0
+    answer = medusa_tokens(model, PROMPT, 20, tree="tree-16", prompt_cache=conversation.cache)
+    for layer in conversation.cache:
+        layer.offset += 3  # as if a step were interrupted mid-verification
+    conversation.keep(PROMPT + answer[:-1])
+    assert conversation.cache[0].offset == len(PROMPT) + 19
+    turn2 = PROMPT + answer + [7, 8]
+    kept = conversation.reuse(turn2)
+    assert kept == len(PROMPT) + 19 and conversation.reuse(turn2[:5] + [99]) == 5
+    kept = conversation.reuse(turn2)  # after losing the tail, only the shared 5 remain
+    assert kept == 5
+    again = medusa_tokens(model, turn2[kept:], 20, tree="tree-16", prompt_cache=conversation.cache)
+    assert again == plain_greedy(backbone, turn2, 20)
+
+
+def test_encode_prompt_joins_messages_without_a_chat_template():
+    class Words:
+        bos_token = None
+
+        def encode(self, text, add_special_tokens=True):
+            return [len(w) for w in text.split(" ")]
+
+    messages = [{"role": "user", "content": "ab"}, {"role": "assistant", "content": " cde"},
+                {"role": "user", "content": "f"}]
+    assert encode_prompt(Words(), messages) == [2, 3, 1]  # "ab cde f"
+    assert encode_prompt(Words(), [4, 5]) == [4, 5]
 
 
 def test_overlong_prompt_is_refused():

@@ -4,12 +4,11 @@ No terminal code here (``ui.py`` renders with Rich), so tests can drive a
 session with scripted input. Decoding itself stays in ``generate.py``; this
 module only decides which tokens to feed and keeps the cache honest.
 
-Cache reuse: ``cached`` lists the token ids whose keys/values are in ``cache``.
-A new turn renders the whole conversation, keeps the longest common prefix of
-``cached`` and that rendering (templates may re-render earlier turns a little
-differently, e.g. the end-of-turn token after an answer cut at max tokens) and
-feeds only the rest. Generation leaves every emitted token but the last in the
-cache, so ``cached`` becomes ``rendering + answer[:-1]``; anything beyond (a
+Cache reuse (``generate.ConversationCache``, shared with the server): a new turn
+renders the whole conversation and keeps the longest common prefix of ``cached``
+and that rendering (templates may re-render earlier turns a little differently,
+e.g. the end-of-turn token after an answer cut at max tokens); only the rest is
+fed. Afterwards ``cached`` is ``rendering + answer[:-1]``; anything beyond (a
 half-verified tree after Ctrl-C, mlx-lm's look-ahead token) is trimmed away.
 """
 
@@ -20,12 +19,10 @@ from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
 from mlx_lm.generate import generate_step
-from mlx_lm.models.cache import trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
-from mlx_lm.utils import common_prefix_len
 
 from .stats import SessionStats, TurnStats
-from ..generate import ContextLengthError, medusa_generate_step
+from ..generate import ContextLengthError, ConversationCache, encode_prompt, medusa_generate_step
 from ..model import MedusaModel
 from ..acceptors import make_acceptor
 from ..tree import PRESETS, tree_for_model
@@ -56,15 +53,6 @@ class CommandResult:
     text: str = ""
     quit: bool = False
     error: bool = False
-
-
-def _join(parts: list[str]) -> str:
-    text = ""
-    for part in parts:
-        if text and part and not text[-1].isspace() and not part[0].isspace():
-            text += " "
-        text += part
-    return text
 
 
 class ChatSession:
@@ -103,8 +91,16 @@ class ChatSession:
             mx.random.seed(seed)  # plain sampling draws from mx.random
         self.stats = SessionStats()
         self.messages: list[dict] = []
-        self.cache = model.make_cache()
-        self.cached: list[int] = []
+        self.conversation = ConversationCache(model.make_cache())
+
+    @property
+    def cache(self) -> list:
+        return self.conversation.cache
+
+    @property
+    def cached(self) -> list[int]:
+        """Token ids whose keys/values are in ``cache``."""
+        return self.conversation.tokens
 
     @property
     def has_template(self) -> bool:
@@ -112,22 +108,13 @@ class ChatSession:
 
     def reset(self) -> None:
         self.messages = []
-        self.cached = []
-        self._keep_cached(0)
-
-    def _keep_cached(self, length: int) -> None:
-        """Forget every cached position from ``length`` on (never more than the cache holds)."""
-        trim_prompt_cache(self.cache, max(self.cache[0].offset - length, 0))
+        self.conversation.keep([])
 
     def render(self, messages: list[dict]) -> list[int]:
         """The whole conversation as token ids, ready for the next answer."""
         if self.system:
             messages = [{"role": "system", "content": self.system}] + messages
-        if self.has_template:
-            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-        # No template (base models such as stories260K): the conversation is
-        # one running text that the model continues.
-        return list(self.tokenizer.encode(_join([m["content"] for m in messages])))
+        return encode_prompt(self.tokenizer, messages)
 
     # ------------------------------------------------------------------ turns
 
@@ -141,10 +128,7 @@ class ChatSession:
         ``on_start`` sees the turn (prompt sizes) before the prompt is read."""
         self.messages.append({"role": "user", "content": text})
         ids = self.render(self.messages)
-        # Always feed at least one token: its logits give the first answer token.
-        keep = min(common_prefix_len(self.cached, ids), len(ids) - 1)
-        self._keep_cached(keep)
-        self.cached = ids[:keep]
+        keep = self.conversation.reuse(ids)
         turn = TurnStats(self.medusa, self.tree.name, prompt_tokens=len(ids) - keep, cached_tokens=keep)
         context = self.model.context_length
         if context is not None and len(ids) + 1 >= context:
@@ -162,8 +146,7 @@ class ChatSession:
             turn.finish_reason = "context"
         # Whatever happened, the cache now holds at least what we recorded;
         # cut it back to exactly that (the last emitted token is never in it).
-        self.cached = ids + generated[:-1] if generated else ids[:keep]
-        self._keep_cached(len(self.cached))
+        self.conversation.keep(ids + generated[:-1] if generated else ids[:keep])
         if generated:
             self.messages.append({"role": "assistant", "content": turn.text})
         else:

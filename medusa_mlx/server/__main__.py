@@ -1,0 +1,5 @@
+"""``python -m medusa_mlx.server``."""
+
+from .cli import main
+
+main()
