@@ -169,6 +169,8 @@ class SamplingAcceptor:
 
     def children(self, tree: Tree) -> list[list[int]]:
         if tree.paths not in self._kids:
+            if len(self._kids) >= 256:  # trees merged with lookup branches vary per step
+                self._kids.clear()
             self._kids[tree.paths] = _children(tree)
         return self._kids[tree.paths]
 

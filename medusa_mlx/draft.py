@@ -99,3 +99,15 @@ def draft_candidates(model: MedusaModel, hidden: mx.array, root: int, tree: Tree
         return branch_candidates(model, hidden, root, tree, plan or branch_plan(tree))
     topk = heads_topk(model, hidden, tree.depth, tree.topk)
     return mx.concatenate([mx.array([root]), topk.reshape(-1)])[mx.array(tree.gather)]
+
+
+def proposed_candidates(topk: mx.array, root: int, tree: Tree) -> mx.array:
+    """(tree.size,) candidate tokens from a ``proposer``'s rows (row d: its
+    guesses for depth d, best first), laid out like the heads' top-k."""
+    if topk.shape[0] < tree.depth or topk.shape[1] < tree.topk:
+        raise ValueError(
+            f"proposer returned {tuple(topk.shape)} tokens; tree '{tree.name}' "
+            f"needs at least ({tree.depth}, {tree.topk})"
+        )
+    topk = topk[: tree.depth, : tree.topk]
+    return mx.concatenate([mx.array([root]), topk.reshape(-1)])[mx.array(tree.gather)]

@@ -19,8 +19,9 @@ from mlx_lm.utils import common_prefix_len
 
 from .acceptors import GreedyAcceptor
 from .attention import compact_cache, tree_attention
-from .draft import branch_plan, draft_candidates
-from .model import MedusaModel
+from .draft import branch_plan, draft_candidates, proposed_candidates
+from .lookup import ROOT, PromptLookup, make_lookup
+from .model import MedusaModel, as_medusa_model
 from .tree import TreeSpec, tree_for_model
 from .errors import ContextLengthError  # noqa: F401  (raised here; importable from here)
 
@@ -77,12 +78,17 @@ def medusa_generate_step(
     prefill_step_size: int = 2048,
     profile: bool = False,
     on_step: Optional[Callable[[MedusaStep], None]] = None,
+    lookup: Union[bool, PromptLookup, None] = None,
 ) -> Generator[MedusaStep, None, None]:
     """Yield one MedusaStep per decoding step; at most ``max_tokens`` tokens in
     all, stopping right after the first EOS token. ``on_step`` sees each step
     before it is yielded (the distributed run checks the ranks agree there).
-    ``tree="auto"`` uses the tree saved with the heads (see ``tree.saved_tree``)."""
+    ``tree="auto"`` uses the tree saved with the heads (see ``tree.saved_tree``).
+    ``lookup``: True or a ``PromptLookup`` (kept across calls): also draft branches
+    found in the text itself (``lookup.py``); with no heads, they are all there is."""
+    heads = model.heads is not None or proposer is not None
     tree = tree_for_model(tree, model)
+    drafter = make_lookup(lookup)
     acceptor = acceptor or GreedyAcceptor()
     prompt = mx.array(prompt) if not isinstance(prompt, mx.array) else prompt
     cache = prompt_cache if prompt_cache is not None else model.make_cache()
@@ -98,51 +104,56 @@ def medusa_generate_step(
     if max_tokens == 0:
         return
     tic = time.perf_counter()
+    continuing = cache[0].offset > 0  # the prompt extends a conversation in the cache
     hidden, logits = _prefill(model, prompt, cache, prefill_step_size)
     root = acceptor.first_token(logits[0, -1])
     last_hidden = hidden[0, -1]
     history = list(prompt.tolist()) + [root]
+    if drafter is not None:
+        drafter.begin(history, continuing)
     emitted = 1
     step = MedusaStep([root], 0, 0, StepTimings(total=time.perf_counter() - tic))
     if on_step is not None:
         on_step(step)
     yield step
 
-    mask = mx.array(tree.mask)
-    depths = mx.array(tree.depths)
-    gather = mx.array(tree.gather)
-    plan = branch_plan(tree) if proposer is None and model.heads.args.sequential else None
+    mask, depths = mx.array(tree.mask), mx.array(tree.depths)
+    plan = branch_plan(tree) if proposer is None and heads and model.heads.args.sequential else None
     while root not in eos and emitted != max_tokens:
         if context is not None and cache[0].offset + tree.depth + 2 > context:
             return
         timings = StepTimings()
         tic = time.perf_counter()
-        if proposer is None:
+        # Lookup's branches alone may be worth more this step than the heads' tree.
+        base = ROOT if drafter is not None and heads and drafter.skip_base(tree.size) else tree
+        if base.size == 1:
+            candidates = mx.array([root])
+        elif proposer is None:
             candidates = draft_candidates(model, last_hidden, root, tree, plan)
         else:
-            topk = proposer(last_hidden, history)
-            if topk.shape[0] < tree.depth or topk.shape[1] < tree.topk:
-                raise ValueError(
-                    f"proposer returned {tuple(topk.shape)} tokens; tree '{tree.name}' "
-                    f"needs at least ({tree.depth}, {tree.topk})"
-                )
-            topk = topk[: tree.depth, : tree.topk]
-            candidates = mx.concatenate([mx.array([root]), topk.reshape(-1)])[gather]
+            candidates = proposed_candidates(proposer(last_hidden, history), root, tree)
+        step_tree, step_mask, step_depths, merged = base, mask, depths, None
+        if drafter is not None:
+            room = None if context is None else context - cache[0].offset - 2
+            merged = drafter.draft(base, candidates.tolist(), room)
+        if merged is not None:
+            step_tree, candidates = merged.tree, mx.array(merged.tokens)
+            step_mask, step_depths = mx.array(step_tree.mask), mx.array(step_tree.depths)
         if profile:
             mx.eval(candidates)
             timings.heads = time.perf_counter() - tic
         prefix_len = cache[0].offset
-        if tree.is_chain:
+        if step_tree.is_chain:
             # A chain is an ordinary causal continuation: mlx-lm's own mask and
             # sequential RoPE offsets are exactly right, and cheaper.
             hidden, logits = model.forward(candidates[None], cache)
         else:
-            with tree_attention(model.rope_owners, cache, mask, depths):
+            with tree_attention(model.rope_owners, cache, step_mask, step_depths):
                 hidden, logits = model.forward(candidates[None], cache)
         if profile:
             mx.eval(hidden, logits)
             timings.verify = time.perf_counter() - tic - timings.heads
-        result = acceptor.accept(tree, candidates, logits[0])
+        result = acceptor.accept(step_tree, candidates, logits[0])
         tokens = _path_tokens(candidates, result.nodes) + [result.bonus]
         tokens = _truncate(tokens, eos, max_tokens - emitted)
         # The cache must end up holding the root + every emitted token but the last.
@@ -150,6 +161,8 @@ def medusa_generate_step(
         last_hidden = hidden[0, result.nodes[len(tokens) - 1]]
         root = tokens[-1]
         history.extend(tokens)
+        if drafter is not None:
+            drafter.observe(merged, result.nodes, base.size, tokens)
         emitted += len(tokens)
         if profile:
             # compact_cache() only records lazy copies; without this eval they would be
@@ -157,7 +170,7 @@ def medusa_generate_step(
             mx.eval(last_hidden, [(c.keys, c.values) for c in cache])
             timings.accept = time.perf_counter() - tic - timings.heads - timings.verify
         timings.total = time.perf_counter() - tic
-        step = MedusaStep(tokens, result.accepted, tree.size, timings)
+        step = MedusaStep(tokens, result.accepted, step_tree.size, timings)
         if on_step is not None:
             on_step(step)
         yield step
@@ -249,12 +262,13 @@ def stream_generate(
     tree: TreeSpec = "auto",
     **kwargs,
 ) -> Generator[MedusaResponse, None, None]:
-    """Like ``mlx_lm.stream_generate``, but one response per Medusa step
-    (several tokens at once). EOS ends generation and is not part of the text."""
+    """Like ``mlx_lm.stream_generate``, one response per step (several tokens; EOS
+    ends, not in the text); ``model`` may be a plain mlx-lm model (``lookup=True``)."""
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
     if not isinstance(tokenizer, TokenizerWrapper):
         tokenizer = TokenizerWrapper(tokenizer)
+    model = as_medusa_model(model)
     prompt_ids = encode_prompt(tokenizer, prompt)
     eos = set(tokenizer.eos_token_ids)
     detokenizer = tokenizer.detokenizer
@@ -344,6 +358,8 @@ def configure_parser():
     parser.add_argument("--prompt", default=None, help="prompt text (default: BOS only for base models)")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--tree", default="auto", help="tree preset (chain-1..5, tree-8/16/32/64) or auto: the tree saved with the heads (default)")
+    parser.add_argument("--lookup", action="store_true", help="also draft tree branches from the prompt and the answer so far (prompt lookup; exact)")
+    parser.add_argument("--no-heads", action="store_true", help="no Medusa heads: prompt lookup alone (any supported model)")
     parser.add_argument("--no-chat-template", action="store_true", help="send the prompt raw even if the tokenizer has a chat template")
     parser.add_argument("--accept", default=None, choices=["greedy", "typical", "lossless"], help="acceptance rule (default: greedy at --temp 0, else lossless)")
     parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0 = greedy)")
@@ -376,7 +392,7 @@ def _main(argv):
     with warnings.catch_warnings():
         if group is not None and group.rank() != 0:
             warnings.simplefilter("ignore")  # rank 0 speaks for every rank
-        model, tokenizer = load(args.model, args.medusa)
+        model, tokenizer = load(args.model, False if args.no_heads else args.medusa)
     if group is not None:
         model = shard_model(model, group)
         args.seed = agree_seed(args.seed, group)
@@ -388,7 +404,8 @@ def _main(argv):
     acceptor = make_acceptor(
         accept, temp=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, seed=args.seed
     )
-    kwargs = dict(max_tokens=args.max_tokens, tree=args.tree, acceptor=acceptor)
+    kwargs = dict(max_tokens=args.max_tokens, tree=args.tree, acceptor=acceptor,
+                  lookup=args.lookup or args.no_heads)
     if group is None:
         generate(model, tokenizer, prompt, verbose=True, **kwargs)
         return

@@ -9,7 +9,7 @@ this package for the model, else fresh untrained heads (with a warning).
 
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from .errors import NotFoundError
 from .heads import CONFIG_FILE, load_heads
@@ -102,16 +102,20 @@ def shipped_heads(name: str) -> Optional[Path]:
 
 def load(
     path_or_hub_id: Optional[str] = None,
-    medusa: Optional[str] = None,
+    medusa: Union[str, None, bool] = None,
     dtype=None,
     num_heads: int = 4,
 ) -> tuple[MedusaModel, object]:
     """Like ``mlx_lm.load``: returns ``(MedusaModel, tokenizer)``.
 
     ``medusa`` is a heads folder or hub id; ``None`` uses the heads shipped for
-    this model if any, else fresh untrained heads (exact output, little speed-up).
+    this model if any, else fresh untrained heads (exact output, little speed-up);
+    ``False``: no heads at all (``model.heads is None``: decode with
+    ``lookup=True``, prompt lookup alone).
     """
     backbone, tokenizer, name = load_backbone(path_or_hub_id, dtype)
+    if medusa is False:
+        return medusa_model(backbone, None), tokenizer
     heads_path = resolve_heads_path(medusa) if medusa else shipped_heads(name)
     if heads_path is None:
         warnings.warn(

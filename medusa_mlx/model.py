@@ -14,7 +14,8 @@ from .heads import HeadsArgs, MedusaHeads, check_head_vocab, init_heads
 
 @dataclass
 class MedusaModel:
-    """``backbone`` is the mlx-lm model as loaded; ``heads`` guess further tokens.
+    """``backbone`` is the mlx-lm model as loaded; ``heads`` guess further tokens
+    (None: no heads; decoding then drafts with prompt lookup alone, or not at all).
 
     ``body`` (the backbone's inner model: tokens -> final-norm hidden states) and
     ``lm_head`` (hidden -> logits) are the two halves of ``backbone.__call__``;
@@ -22,7 +23,7 @@ class MedusaModel:
     """
 
     backbone: nn.Module
-    heads: MedusaHeads
+    heads: Optional[MedusaHeads]
     body: nn.Module
     lm_head: Callable[[mx.array], mx.array]
     rope_owners: list
@@ -37,7 +38,7 @@ class MedusaModel:
 
     @property
     def num_heads(self) -> int:
-        return self.heads.num_heads
+        return 0 if self.heads is None else self.heads.num_heads
 
     @property
     def context_length(self) -> Optional[int]:
@@ -67,12 +68,22 @@ class MedusaModel:
                           self.head_vocab)
 
 
-def medusa_model(backbone: nn.Module, heads: MedusaHeads) -> MedusaModel:
+def medusa_model(backbone: nn.Module, heads: Optional[MedusaHeads]) -> MedusaModel:
+    """``heads=None``: the backbone alone, for prompt lookup without heads."""
     return _assemble(backbone, heads, inspect_backbone(backbone))
 
 
-def _assemble(backbone: nn.Module, heads: MedusaHeads, parts: BackboneParts) -> MedusaModel:
+def as_medusa_model(model) -> MedusaModel:
+    """A MedusaModel as it is, or a plain mlx-lm model with no heads (checked
+    like any backbone: unsupported architectures are refused)."""
+    return model if isinstance(model, MedusaModel) else medusa_model(model, None)
+
+
+def _assemble(backbone: nn.Module, heads: Optional[MedusaHeads],
+              parts: BackboneParts) -> MedusaModel:
     owners, body, lm_head, hidden, vocab = parts
+    if heads is None:
+        return MedusaModel(backbone, None, body, lm_head, owners)
     if heads.args.hidden_size != hidden:
         raise ConfigError(
             f"heads expect hidden size {heads.args.hidden_size}, the backbone has {hidden}"

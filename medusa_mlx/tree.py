@@ -130,6 +130,32 @@ def build_tree(paths: Sequence[Sequence[int]], name: str = "custom") -> Tree:
     return Tree(name, tuple(nodes), parents, depths, mask, gather, topk)
 
 
+def tree_from_parents(parents: Sequence[int], name: str = "merged") -> Tree:
+    """A Tree from a parent array (``parents[0] == -1``, every parent listed
+    before its children), for trees built anew each step (prompt lookup merged
+    with the heads' tree). A node's path index is its rank among its siblings in
+    node order, so acceptors try siblings in the order they were listed.
+    ``gather`` is unused for such trees (their tokens come with them): zeros."""
+    n = len(parents)
+    parents = np.asarray(parents, dtype=np.int32)
+    if n == 0 or parents[0] != -1 or (n > 1 and (parents[1:] >= np.arange(1, n)).any()):
+        raise ValueError("parents must start with -1 and list each parent before its children")
+    paths: list[Path] = [()]
+    depths = np.zeros(n, dtype=np.int32)
+    mask = np.zeros((n, n), dtype=bool)
+    mask[0, 0] = True
+    kids = np.zeros(n, dtype=np.int32)
+    for j in range(1, n):
+        p = parents[j]
+        paths.append(paths[p] + (int(kids[p]),))
+        kids[p] += 1
+        depths[j] = depths[p] + 1
+        mask[j] = mask[p]
+        mask[j, j] = True
+    topk = int(kids.max()) if n > 1 else 1
+    return Tree(name, tuple(paths), parents, depths, mask, np.zeros(n, np.int32), topk)
+
+
 TreeSpec = Union[str, Sequence[Sequence[int]], Tree]
 
 
@@ -170,7 +196,10 @@ def saved_tree(model) -> Union[str, list]:
 
 
 def tree_for_model(tree: TreeSpec, model) -> Tree:
-    """Like :func:`tree_from_spec`, for a MedusaModel: also resolves ``"auto"``."""
+    """Like :func:`tree_from_spec`, for a MedusaModel: also resolves ``"auto"``.
+    A model without heads verifies the root alone (plus any lookup branches)."""
+    if getattr(model, "heads", True) is None:
+        return tree_from_parents([-1], "none")
     if isinstance(tree, str) and tree == "auto":
         chosen = saved_tree(model)
         built = tree_from_spec(chosen, model.num_heads)

@@ -138,3 +138,24 @@ def test_plot_cli_refuses_what_is_not_a_report(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_lookup_methods_on_the_grounded_set(shared_dir, tmp_path):
+    """--lookup adds lookup alone and heads + lookup per tree; both exact, in
+    the JSON like the others; --prompts grounded is the shipped set."""
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "medusa_mlx.bench", "--model", str(_stories(shared_dir)),
+         "--prompts", "grounded", "--num-prompts", "1", "--trees", "chain-2,tree-8",
+         "--lookup", "--max-tokens", "24", "--verify-sizes", "", "--json", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text(encoding="utf-8"))
+    names = [(m["name"], m["tree"]) for m in result["methods"]]
+    assert names == [("mlx-lm greedy", None), ("lookup (no heads)", None), ("medusa", "chain-2"),
+                     ("medusa+lookup", "chain-2"), ("medusa", "tree-8"), ("medusa+lookup", "tree-8")]
+    assert all(m["output_equal"] for m in result["methods"])
+    assert result["config"]["lookup"] and result["config"]["num_prompts"] == 1
+    assert result["prompts"][0]["prompt"].startswith("Summarize this passage")

@@ -287,3 +287,26 @@ def test_chat_py_answers_from_a_pipe_offline():
     assert run.returncode == 0, run.stderr
     assert "Paris" in run.stdout
     assert "tok/step" in run.stdout and "accepted/step" in run.stdout
+
+
+@pytest.mark.parametrize("heads", [True, False], ids=["heads", "no-heads"])
+def test_lookup_turns_say_what_plain_turns_say(stories, heads):
+    """Prompt lookup over the whole conversation (one drafter across turns,
+    with and without heads): the same answers as plain decoding, branches
+    copied from earlier turns accepted."""
+    from medusa_mlx.model import medusa_model
+
+    model, plain_tok, templated = stories
+    if not heads:
+        model = medusa_model(model.backbone, None)
+    questions = ["Tom had a red kite.", "Tom had a red kite. Tell me again."]
+    looked = ChatSession(model, templated, max_tokens=40, lookup=True)
+    plain = ChatSession(model, templated, max_tokens=40, medusa=False)
+    turns = [looked.ask(q) for q in questions]
+    assert [plain.ask(q).text for q in questions] == [t.text for t in turns]
+    assert looked.cached == plain.cached
+    assert sum(sum(t.accepted) for t in turns) > 0
+    assert "lookup off" in looked.command("/lookup off").text and looked.lookup is None
+    assert looked.command("/lookup maybe").error
+    looked.command("/lookup on")
+    assert looked.ask("Once upon a time").text == plain.ask("Once upon a time").text

@@ -6,9 +6,13 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medusa_mlx"
 MAX_LINES = 400
-MAX_TOP_LEVEL_MODULES = 21  # 20 at the layout commit; +safe_files (#18), a leaf every reader uses
-# Modules allowed over MAX_LINES, each with the reason it is not split (none today).
-LONG_MODULES: dict[str, str] = {}
+MAX_TOP_LEVEL_MODULES = 22  # 20 at the layout commit; +safe_files (#18), a leaf every reader uses;
+# +lookup.py (#21), a drafter: core, beside draft.py (README Architecture)
+# Modules allowed over MAX_LINES, each with the reason it is not split.
+LONG_MODULES: dict[str, str] = {
+    "medusa_mlx.generate": "prompt lookup in the loop (#21) took it to ~417 lines; its CLI "
+                           "(configure_parser / main / _main, ~75 lines) is the piece to move out",
+}
 APPS = {"training", "conversion", "chat", "bench", "server"}
 # ``python -m medusa_mlx.train`` and friends, as the README shows them: one-line
 # shims into training/, the only core modules allowed to point at an app.

@@ -110,6 +110,24 @@ def test_smollm2_branch_drafting_is_exact_and_beats_one_chain_of_guesses(smol):
     assert branch > accepted(chain_of_guesses)[1]
 
 
+@pytest.mark.smollm2
+def test_smollm2_lookup_alone_and_merged_are_exact_and_accept_copies(smol):
+    """Quote a passage (the shipped grounded set's third prompt): prompt lookup
+    alone (no heads) and merged with the shipped heads give plain greedy output
+    and accept the copied text (replayed: ~10 tokens/step over 128 tokens)."""
+    from medusa_mlx.bench.prompts import read_prompts
+    from medusa_mlx.model import medusa_model
+
+    model, tokenizer = smol
+    prompt = chat(tokenizer, read_prompts("grounded")[2])
+    reference = plain(model.backbone, prompt, 96)
+    for target in (medusa_model(model.backbone, None), model):
+        steps = list(medusa_generate_step(prompt, target, max_tokens=96, tree="tree-8",
+                                          lookup=True))
+        assert [t for s in steps for t in s.tokens] == reference
+        assert 96 / len(steps) > 3
+
+
 def test_cli_errors_are_one_line(tmp_path):
     missing = tmp_path / "nope.bin"
     result = subprocess.run(

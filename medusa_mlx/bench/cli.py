@@ -36,9 +36,10 @@ def configure_parser():
     parser.add_argument("--draft-model", default=None, help="also run mlx-lm speculative decoding with this draft model (same tokenizer)")
     parser.add_argument("--num-draft-tokens", type=int, default=3)
     parser.add_argument("--trees", default=DEFAULT_TREES, help=f"comma-separated tree presets, or 'auto' where supported (default: {DEFAULT_TREES})")
+    parser.add_argument("--lookup", action="store_true", help="also run prompt lookup alone (no heads) and heads + lookup with each tree")
     parser.add_argument("--oracle", action="store_true", help="also run Medusa with heads that always guess right (the attainable upper bound)")
     parser.add_argument("--oracle-trees", default=None, help="trees for --oracle (default: the deepest chain the heads allow)")
-    parser.add_argument("--prompts", default=None, help='JSONL file, one {"prompt": "..."} per line (default: built-in set)')
+    parser.add_argument("--prompts", default=None, help='JSONL file, one {"prompt": "..."} per line, or "grounded" (shipped: answers that copy their input; default: built-in set)')
     parser.add_argument("--num-prompts", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens")
@@ -83,13 +84,17 @@ def benchmark(args, log=print) -> dict:
             else [f"chain-{min(model.num_heads, 5)}"]
         )
     methods = make_methods(trees, model, draft is not None, args.num_draft_tokens,
-                           oracle_trees)
+                           oracle_trees, args.lookup)
 
     curve = None
     sizes = [int(s) for s in args.verify_sizes.split(",") if s.strip()]
     if sizes:
         curve = verify_cost_record(model, sizes, repeats=args.verify_repeats)
         log("verify cost: " + ", ".join(f"{k}:{v:.2f}x" for k, v in curve["relative"].items()))
+        for method in methods:  # lookup sizes its branches for this machine, as loaded now
+            # Fastest repeats: other processes only ever add time (medians were
+            # not even monotone at load 15: 4 tokens 0.75x, 16 tokens 11x).
+            method.lookup_cost = curve["relative_min"] if method.lookup else None
 
     run_methods(methods, model, draft, prompts, args.max_tokens, eos, args.num_draft_tokens,
                 profile=not args.no_profile, log=log)
@@ -110,6 +115,9 @@ def benchmark(args, log=print) -> dict:
             "trees": trees,
             "trees_skipped": skipped,
             "oracle_trees": oracle_trees,
+            "lookup": args.lookup,
+            "lookup_budget_curve": ("measured (verify_cost.relative_min)" if curve else
+                                    "lookup.CPU_VERIFY_COST") if args.lookup else None,
             "prompt_source": args.prompts or ("built-in chat+story" if chat else "built-in stories"),
             "chat_template": chat,
             "num_prompts": len(prompts),
@@ -155,7 +163,7 @@ def _main(argv):
     # Greedy Medusa must reproduce plain greedy output exactly; anything else is a bug.
     unequal = [
         m for m in result["methods"]
-        if m["kind"] in ("medusa", "oracle") and m["output_equal"] is False
+        if m["kind"] in ("medusa", "oracle", "lookup") and m["output_equal"] is False
     ]
     return 2 if unequal else 0
 

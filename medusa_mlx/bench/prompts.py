@@ -1,6 +1,13 @@
-"""The benchmark's prompts: a built-in set (chat questions and story openings)
-or a JSONL file of ``{"prompt": ...}`` lines. Chat models get each prompt through
-their chat template, as a user would (``generate.encode_prompt``)."""
+"""The benchmark's prompts: a built-in set (chat questions and story openings),
+a shipped set named on the command line (``grounded``) or a JSONL file of
+``{"prompt": ...}`` lines. Chat models get each prompt through their chat
+template, as a user would (``generate.encode_prompt``).
+
+``grounded_prompts.jsonl`` (beside this file): 35 prompts whose answers copy
+from their input, where prompt lookup pays: summarize / extract / rewrite /
+proofread TinyStories validation passages (CDLA-Sharing-1.0) and OASST prompts
+that carry a passage (Apache-2.0), built by ``scripts/make_grounded_prompts.py``
+(sources and selection rules in its docstring and ``grounded_prompts.md``)."""
 
 import json
 from pathlib import Path
@@ -36,8 +43,14 @@ def builtin_prompts(chat: bool) -> list[str]:
     return mixed
 
 
+# Shipped sets: name -> file beside this module.
+PROMPT_SETS = {"grounded": Path(__file__).with_name("grounded_prompts.jsonl")}
+
+
 def read_prompts(path: Path) -> list[str]:
-    """One JSON object ``{"prompt": "..."}`` per line; blank lines are skipped."""
+    """One JSON object ``{"prompt": "..."}`` per line; blank lines are skipped.
+    ``path`` may also name a shipped set (``PROMPT_SETS``)."""
+    path = PROMPT_SETS.get(str(path), path)
     prompts = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

@@ -20,7 +20,8 @@ from typing import Callable, Optional
 import mlx.core as mx
 
 from ..generate import StepTimings, medusa_generate_step
-from ..model import MedusaModel
+from ..lookup import PromptLookup
+from ..model import MedusaModel, medusa_model
 from ..tree import tree_for_model
 
 DEFAULT_TREES = "chain-2,tree-8,tree-16,auto"
@@ -55,9 +56,12 @@ class Run:
 @dataclass
 class Method:
     name: str
-    kind: str  # "baseline", "draft", "medusa" or "oracle"
+    kind: str  # "baseline", "draft", "medusa", "oracle" or "lookup" (no heads)
     tree: Optional[str] = None
     tree_size: Optional[int] = None
+    lookup: bool = False  # draft prompt-lookup branches too (lookup.py)
+    # The verify-cost curve measured by this run, for the lookup budget (None: lookup's default).
+    lookup_cost: Optional[dict] = None
     runs: list[Run] = field(default_factory=list)
     profiles: list[Run] = field(default_factory=list)
     equal: list[bool] = field(default_factory=list)
@@ -110,7 +114,8 @@ def run_draft(backbone, draft, prompt, max_tokens, eos, num_draft: int) -> Run:
     return Run(tokens, first_round or len(tokens), end - first, end - tic, steps, accepted, 0)
 
 
-def run_medusa(model, prompt, max_tokens, eos, tree, proposer=None, profile=False) -> Run:
+def run_medusa(model, prompt, max_tokens, eos, tree, proposer=None, profile=False,
+               lookup=False) -> Run:
     tokens: list[int] = []
     timings: list[StepTimings] = []
     steps = accepted = 0
@@ -118,7 +123,7 @@ def run_medusa(model, prompt, max_tokens, eos, tree, proposer=None, profile=Fals
     first = None
     for step in medusa_generate_step(
         prompt, model, max_tokens=max_tokens, tree=tree, proposer=proposer,
-        eos_token_ids=eos, profile=profile,
+        eos_token_ids=eos, profile=profile, lookup=lookup,
     ):
         tokens.extend(step.tokens)
         if step.is_prefill:
@@ -165,13 +170,18 @@ def tree_supported(name: str, model: MedusaModel) -> bool:
 
 
 def make_methods(trees: list[str], model: MedusaModel, draft: bool, num_draft: int,
-                 oracle_trees: list[str]) -> list[Method]:
+                 oracle_trees: list[str], lookup: bool = False) -> list[Method]:
+    """``lookup``: also prompt lookup alone (no heads) and heads + lookup per tree."""
     methods = [Method("mlx-lm greedy", "baseline")]
     if draft:
         methods.append(Method(f"mlx-lm draft x{num_draft}", "draft"))
+    if lookup:
+        methods.append(Method("lookup (no heads)", "lookup", lookup=True))
     for name in trees:
         resolved = tree_for_model(name, model)
         methods.append(Method("medusa", "medusa", name, resolved.size - 1))
+        if lookup:
+            methods.append(Method("medusa+lookup", "medusa", name, resolved.size - 1, lookup=True))
     for name in oracle_trees:
         resolved = tree_for_model(name, model)
         methods.append(Method("medusa oracle", "oracle", name, resolved.size - 1))
@@ -187,7 +197,11 @@ def run_one(method: Method, model: MedusaModel, draft, prompt, reference, max_to
     proposer = None
     if method.kind == "oracle":
         proposer = oracle_proposer(prompt + reference, model.heads.args.vocab_size)
-    return _timed(run_medusa, model, prompt, max_tokens, eos, method.tree, proposer, profile)
+    if method.kind == "lookup":
+        model = medusa_model(model.backbone, None)  # no heads: the root and lookup branches only
+    lookup = PromptLookup(verify_cost=method.lookup_cost) if method.lookup else False
+    return _timed(run_medusa, model, prompt, max_tokens, eos, method.tree, proposer, profile,
+                  lookup)
 
 
 def run_methods(methods: list[Method], model, draft, prompts: list[list[int]], max_tokens: int,
@@ -209,7 +223,7 @@ def run_methods(methods: list[Method], model, draft, prompts: list[list[int]], m
             method.equal.append(run.tokens == base.tokens)
         if profile:
             for method in others:
-                if method.kind in ("medusa", "oracle"):
+                if method.kind in ("medusa", "oracle", "lookup"):
                     method.profiles.append(
                         run_one(method, model, draft, prompt, base.tokens, max_tokens, eos,
                                 num_draft, profile=True)

@@ -31,6 +31,8 @@ def configure_parser():
     parser.add_argument("--accept", default="lossless", choices=["lossless", "typical"], help="how Medusa accepts sampled tokens: lossless (same distribution as plain sampling, default) or typical (faster, not exact)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     parser.add_argument("--no-medusa", action="store_true", help="plain mlx-lm decoding (same display), to compare")
+    parser.add_argument("--lookup", action="store_true", help="also draft from the conversation's own text (prompt lookup; exact, pays when answers copy)")
+    parser.add_argument("--no-heads", action="store_true", help="no Medusa heads: prompt lookup alone (any supported model)")
     parser.add_argument("--calibrate", action="store_true", help="measure plain decoding speed at start, so the speed-up shows at once")
     return parser
 

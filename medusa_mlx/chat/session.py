@@ -23,6 +23,7 @@ from mlx_lm.sample_utils import make_sampler
 
 from .stats import SessionStats, TurnStats
 from ..generate import ContextLengthError, ConversationCache, encode_prompt, medusa_generate_step
+from ..lookup import PromptLookup
 from ..model import MedusaModel
 from ..acceptors import make_acceptor
 from ..tree import PRESETS, tree_for_model
@@ -33,9 +34,10 @@ HELP = """\
 /reset           forget the conversation (and empty the KV cache)
 /tree NAME       verify a different candidate tree: {trees}
 /medusa on|off   Medusa decoding, or plain mlx-lm decoding to compare speed
+/lookup on|off   also draft from the conversation's own text (prompt lookup)
 /calibrate       measure plain decoding speed now (for the speed-up figure)
 /quit            leave (Ctrl-D too); Ctrl-C stops the current answer
-tok/step = tokens emitted per verification (1 + head tokens accepted)."""
+tok/step = tokens emitted per verification (1 + head and lookup tokens accepted)."""
 
 
 @dataclass
@@ -73,6 +75,7 @@ class ChatSession:
         top_p: float = 0.0,
         seed: Optional[int] = None,
         accept: str = "lossless",
+        lookup: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -80,6 +83,8 @@ class ChatSession:
         self.max_tokens = max_tokens
         self.tree = tree_for_model(tree, model)
         self.medusa = medusa
+        # One drafter for the conversation: earlier turns are text it can copy.
+        self.lookup = PromptLookup() if lookup else None
         self.eos = set(tokenizer.eos_token_ids)
         # temp 0 is greedy (exact); otherwise Medusa accepts with ``accept``
         # ("lossless": same distribution as plain sampling) and plain turns
@@ -109,6 +114,8 @@ class ChatSession:
     def reset(self) -> None:
         self.messages = []
         self.conversation.keep([])
+        if self.lookup is not None:
+            self.lookup = PromptLookup()
 
     def render(self, messages: list[dict]) -> list[int]:
         """The whole conversation as token ids, ready for the next answer."""
@@ -205,6 +212,7 @@ class ChatSession:
             prompt_cache=self.cache,
             eos_token_ids=self.eos,
             acceptor=self.acceptor,
+            lookup=self.lookup,
         ):
             yield step.tokens, step.accepted
 
@@ -265,6 +273,14 @@ class ChatSession:
                 return CommandResult("usage: /medusa on|off", error=True)
             self.medusa = arg == "on"
             return CommandResult(f"Medusa {'on' if self.medusa else 'off (plain mlx-lm decoding)'}")
+        if name == "/lookup":
+            if arg not in ("on", "off"):
+                return CommandResult("usage: /lookup on|off", error=True)
+            if (arg == "on") != (self.lookup is not None):
+                # A fresh drafter starts from the next prompt: the whole conversation.
+                self.lookup = PromptLookup() if arg == "on" else None
+                self.conversation.keep([])
+            return CommandResult(f"prompt lookup {arg}")
         if name == "/calibrate":
             return CommandResult(f"plain decoding: {self.calibrate():.1f} tok/s")
         return CommandResult(f"unknown command {name}; /help lists them", error=True)
@@ -297,14 +313,16 @@ def load_session(args) -> Loaded:
     # says so in plain words instead of a Python warning.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model, tokenizer = load(args.model, args.medusa)
+        model, tokenizer = load(args.model, False if args.no_heads else args.medusa)
     untrained = False
     for w in caught:
         if "untrained heads" in str(w.message):
             untrained = True
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if args.medusa:
+    if args.no_heads:
+        heads = "none (prompt lookup alone)"
+    elif args.medusa:
         heads = args.medusa
     elif untrained:
         heads = f"untrained (random) x{model.num_heads}"
@@ -321,6 +339,7 @@ def load_session(args) -> Loaded:
         top_p=args.top_p,
         seed=args.seed,
         accept=args.accept,
+        lookup=args.lookup or args.no_heads,
     )
     name = args.model or "SmolLM2-135M-Instruct (embedded)"
     return Loaded(session, name, heads, untrained)

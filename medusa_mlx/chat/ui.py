@@ -79,6 +79,8 @@ class ChatUI:
     def header(self, out: Console, loaded: Loaded) -> None:
         s = self.session
         mode = "Medusa" if s.medusa else "plain mlx-lm decoding (--no-medusa)"
+        if s.medusa and s.lookup is not None:
+            mode += " + prompt lookup"
         tree = (
             f"tree {s.tree.name} ({s.tree.size} nodes, depth {s.tree.depth}) · "
             f"max {s.max_tokens} tokens · {s.sampling} · {mode}"
