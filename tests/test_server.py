@@ -312,3 +312,23 @@ def test_smollm2_paris_and_dropped_client_frees_its_turn():
         assert s.healthy()
     finally:
         s.stop()
+
+
+def test_lookup_server_without_heads_answers_as_plain_decoding(stories_path, reference):
+    """--no-heads: prompt lookup alone; answers (a second turn reusing its cache
+    included) equal plain greedy decoding, and copied text is accepted."""
+    s = ServerProcess("--model", str(stories_path), "--no-heads")
+    try:
+        client = s.client()
+        messages = chat("Tom had a red kite. Tom had a red kite. Tom had a red kite.")
+        first = client.chat.completions.create(model="m", messages=messages, max_tokens=80)
+        assert first.choices[0].message.content == reference(messages, 80)
+        messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                     {"role": "user", "content": "Tom had a red kite."}]
+        second = client.chat.completions.create(model="m", messages=messages, max_tokens=80)
+        assert second.choices[0].message.content == reference(messages, 80)
+        assert second.usage.prompt_tokens_details.cached_tokens > 0
+        assert first.model_extra["medusa"]["tokens_per_step"] > 1.0
+        assert s.healthy()
+    finally:
+        s.stop()

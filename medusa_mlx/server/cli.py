@@ -31,6 +31,8 @@ def configure_parser() -> ArgumentParser:
     parser.add_argument("--model", default=None, help="mlx-lm folder, hub id, .gguf or llama2.c .bin (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: heads shipped for the model)")
     parser.add_argument("--tree", default="auto", help=f"candidate tree: auto (saved with the heads; default), {', '.join(PRESETS)}")
+    parser.add_argument("--lookup", action="store_true", help="also draft from each request's own messages (prompt lookup; exact, pays when answers copy)")
+    parser.add_argument("--no-heads", action="store_true", help="no Medusa heads: prompt lookup alone (any supported model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port, printed at start)")
     parser.add_argument("--api-key", default=os.environ.get("MEDUSA_API_KEY") or None, help="require 'Authorization: Bearer KEY' on /v1 endpoints (default: $MEDUSA_API_KEY, which, unlike an argument, other users' ps does not show)")
@@ -75,9 +77,10 @@ def _main(argv) -> int:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")
     defaults = SamplingDefaults(args.temp, args.top_p, args.top_k, args.min_p, args.accept)
     defaults_check(defaults)
-    model, tokenizer = load(args.model, args.medusa)
+    model, tokenizer = load(args.model, False if args.no_heads else args.medusa)
     worker = Worker(model, tokenizer, tree=args.tree, concurrency=args.decode_concurrency,
-                    queue_size=args.queue_size, cache_size=args.prompt_cache_size)
+                    queue_size=args.queue_size, cache_size=args.prompt_cache_size,
+                    lookup=args.lookup or args.no_heads)
     config = ServerConfig(
         model_id=args.model or "smollm2-135m-instruct",
         limits=Limits(args.max_tokens, args.max_tokens_limit, model.context_length,

@@ -35,6 +35,7 @@ from typing import NamedTuple, Optional
 from ..acceptors import make_acceptor
 from ..errors import ContextLengthError, UsageError
 from ..generate import medusa_generate_step
+from ..lookup import PromptLookup
 from ..tree import tree_for_model
 from .conversations import ConversationPool
 from .requests import GenerationRequest, RequestError
@@ -120,12 +121,13 @@ class Generation:
 
 class Worker:
     def __init__(self, model, tokenizer, *, tree: str = "auto", concurrency: int = 4,
-                 queue_size: int = 32, cache_size: int = 10):
+                 queue_size: int = 32, cache_size: int = 10, lookup: bool = False):
         if concurrency < 1 or queue_size < 1:
             raise UsageError("--decode-concurrency and --queue-size must be at least 1")
         self.model = model
         self.tokenizer = tokenizer
         self.tree = tree_for_model(tree, model)
+        self.lookup = lookup  # prompt lookup: each request drafts from its own messages too
         self.concurrency = concurrency
         self.pending: queue.Queue = queue.Queue(maxsize=queue_size)
         self.pool = ConversationPool(model.make_cache, cache_size)
@@ -199,9 +201,14 @@ class Worker:
         kept = conversation.reuse(r.prompt)
         acceptor = make_acceptor(r.accept, temp=r.temperature, top_p=r.top_p, min_p=r.min_p,
                                  top_k=r.top_k, seed=r.seed)
+        lookup = None
+        if self.lookup:  # the whole conversation is text to copy, the reused part included
+            lookup = PromptLookup()
+            lookup.begin(r.prompt[:kept])
         steps = medusa_generate_step(
             r.prompt[kept:], self.model, max_tokens=r.max_tokens, tree=self.tree, acceptor=acceptor,
             prompt_cache=conversation.cache, eos_token_ids=self.tokenizer.eos_token_ids,
+            lookup=lookup,
         )
         detokenizer = self.tokenizer.detokenizer
         detokenizer.reset()
