@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable, Optional, Sequence, Union
 
 import mlx.core as mx
-from mlx_lm.models.cache import trim_prompt_cache
-from mlx_lm.utils import common_prefix_len
 
 from .acceptors import GreedyAcceptor
 from .attention import compact_cache, tree_attention
+from .conversation import encode_prompt
 from .draft import branch_plan, draft_candidates, proposed_candidates
 from .lookup import ROOT, PromptLookup, make_lookup
 from .model import MedusaModel, as_medusa_model
@@ -210,48 +209,6 @@ class MedusaResponse:
     @property
     def token(self) -> int:
         return self.tokens[-1]
-
-
-def encode_prompt(tokenizer, prompt, chat_template: bool = False) -> list[int]:
-    """Token ids of ``prompt``: ids pass through; chat messages go through the chat
-    template (without one: their contents joined), text too when ``chat_template``
-    and the tokenizer has one (as a user's message), else it is encoded as written,
-    with BOS added unless the text already starts with it (as mlx-lm does)."""
-    if isinstance(prompt, mx.array):
-        return prompt.tolist()
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if isinstance(prompt, str) and chat_template and has_template:
-        prompt = [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, str):
-        prompt = list(prompt)
-        if not prompt or not isinstance(prompt[0], dict):
-            return prompt
-        if has_template:
-            return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True))
-        text = ""  # no template (base models): one running text for the model to continue
-        for part in (m["content"] for m in prompt):
-            text += (" " if text[-1:].strip() and part[:1].strip() else "") + part
-        prompt = text
-    add_special = tokenizer.bos_token is None or not prompt.startswith(tokenizer.bos_token)
-    return list(tokenizer.encode(prompt, add_special_tokens=add_special))
-
-
-class ConversationCache:
-    """A KV cache and the ids it holds, reused across calls (chat, server); after
-    generating, ``keep(prompt + answer[:-1])`` (the invariant above) trims any excess."""
-
-    def __init__(self, cache: list):
-        self.cache, self.tokens = cache, []
-
-    def reuse(self, prompt: list[int]) -> int:
-        """Keep the prefix shared with ``prompt`` but its last token; feed the rest."""
-        self.keep(prompt[: min(common_prefix_len(self.tokens, prompt), len(prompt) - 1)])
-        return len(self.tokens)
-
-    def keep(self, tokens: list[int]) -> None:
-        """From now on the cache holds ``tokens`` (a prefix of what it holds)."""
-        self.tokens = list(tokens)
-        trim_prompt_cache(self.cache, max(self.cache[0].offset - len(self.tokens), 0))
 
 
 def stream_generate(

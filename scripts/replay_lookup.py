@@ -44,7 +44,7 @@ def answered(name: str, limit: int) -> list[tuple[list[int], list[int]]]:
     """Greedy answers (128 tokens at most) of SmolLM2 to a benchmark prompt set."""
     import medusa_mlx
     from medusa_mlx.bench.prompts import builtin_prompts, read_prompts
-    from medusa_mlx.generate import encode_prompt
+    from medusa_mlx.conversation import encode_prompt
     from medusa_mlx.training.answers import generate_batched
 
     model, tokenizer = medusa_mlx.load(medusa=False)

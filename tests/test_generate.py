@@ -7,7 +7,8 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 
 from medusa_mlx.attention import UnsupportedModelError, tree_attention
-from medusa_mlx.generate import ContextLengthError, ConversationCache, encode_prompt, medusa_generate_step
+from medusa_mlx.conversation import ConversationCache, encode_prompt
+from medusa_mlx.generate import ContextLengthError, medusa_generate_step
 from medusa_mlx.model import attach_heads
 from medusa_mlx.tree import tree_from_spec
 from tiny_models import ARCHITECTURES, tiny_model

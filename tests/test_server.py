@@ -56,7 +56,7 @@ def reference(stories_path):
     import mlx_lm
 
     import medusa_mlx
-    from medusa_mlx.generate import encode_prompt
+    from medusa_mlx.conversation import encode_prompt
 
     model, tokenizer = medusa_mlx.load(str(stories_path))
 
@@ -268,7 +268,7 @@ def test_stop_matcher_holds_back_possible_stops():
 
 
 def test_conversation_pool_hands_out_the_longest_prefix_and_forgets_the_oldest():
-    from medusa_mlx.generate import ConversationCache
+    from medusa_mlx.conversation import ConversationCache
     from medusa_mlx.server.conversations import ConversationPool
 
     def holding(tokens):

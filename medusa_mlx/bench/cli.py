@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..cli import ArgumentParser, run_cli
 from ..cost import VERIFY_SIZES, verify_cost_record
-from ..generate import encode_prompt
+from ..conversation import encode_prompt
 from ..load import EMBEDDED_DEFAULT, SHIPPED_HEADS, load, load_backbone, shipped_heads
 from .prompts import builtin_prompts, read_prompts
 from .report import SCHEMA, dtype_of, environment, render, summarize

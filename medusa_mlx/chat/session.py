@@ -22,7 +22,8 @@ from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_sampler
 
 from .stats import SessionStats, TurnStats
-from ..generate import ContextLengthError, ConversationCache, encode_prompt, medusa_generate_step
+from ..conversation import ConversationCache, encode_prompt
+from ..generate import ContextLengthError, medusa_generate_step
 from ..lookup import PromptLookup
 from ..model import MedusaModel
 from ..acceptors import make_acceptor

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 from mlx_lm.utils import common_prefix_len
 
 from ..errors import UsageError
-from ..generate import ConversationCache
+from ..conversation import ConversationCache
 
 
 class ConversationPool:

@@ -13,7 +13,7 @@ when they ask for nothing this server does not do (``n: 1``, zero penalties, ...
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..generate import encode_prompt
+from ..conversation import encode_prompt
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed")
 COMMON_FIELDS = {

@@ -30,7 +30,7 @@ import numpy as np
 
 from .answers import AnswerCache, generate_batched
 from ..backbone import split_backbone
-from ..generate import encode_prompt
+from ..conversation import encode_prompt
 
 MAX_LABEL_HEADS = 8  # label columns stored per position (heads trained <= this)
 IGNORE = -1  # label of positions whose target lies past the sequence end
