@@ -130,20 +130,17 @@ def convert(
         checkpoint.notes.append(f"backbone written to {backbone_out}")
     write_outputs(outputs, force)
 
-    return ConversionReport(
-        format=checkpoint.format,
-        num_heads=checkpoint.num_heads,
-        num_layers=checkpoint.num_layers,
-        hidden_size=checkpoint.hidden_size,
-        vocab_size=checkpoint.vocab_size,
-        shared_lm_head=checkpoint.shared_lm_head,
-        parameters=parameters,
-        output=output_path,
-        output_bytes=folder_size(output_path),
-        dtype=dtype,
-        quantization=quantization,
-        notes=checkpoint.notes,
-    )
+    return _report(checkpoint.format, checkpoint, parameters, output_path, dtype,
+                   quantization=quantization, notes=checkpoint.notes)
+
+
+def _report(fmt: str, heads, parameters: int, output: Path, dtype: str, **more) -> ConversionReport:
+    """The report of a written folder; ``heads`` is anything with the heads' dimensions
+    (a source checkpoint or a heads config)."""
+    return ConversionReport(format=fmt, num_heads=heads.num_heads, num_layers=heads.num_layers,
+                            hidden_size=heads.hidden_size, vocab_size=heads.vocab_size,
+                            shared_lm_head=heads.shared_lm_head, parameters=parameters,
+                            output=output, output_bytes=folder_size(output), dtype=dtype, **more)
 
 
 def _export_vllm(source, output: Path, revision, dtype, force) -> ConversionReport:
@@ -156,18 +153,7 @@ def _export_vllm(source, output: Path, revision, dtype, force) -> ConversionRepo
         raise ConversionError(f"{path}: sequential heads have no vLLM equivalent")
     extra = {k: v for k, v in args.extra.items() if k == "base_model_name_or_path"}
     write_atomically(output, force, lambda folder: write_vllm(folder, heads, dtype, extra))
-    return ConversionReport(
-        format="medusa-mlx -> vllm",
-        num_heads=args.num_heads,
-        num_layers=args.num_layers,
-        hidden_size=args.hidden_size,
-        vocab_size=args.vocab_size,
-        shared_lm_head=args.shared_lm_head,
-        parameters=parameter_count(heads),
-        output=output,
-        output_bytes=folder_size(output),
-        dtype=dtype,
-    )
+    return _report("medusa-mlx -> vllm", args, parameter_count(heads), output, dtype)
 
 
 def summary(report: ConversionReport) -> str:
