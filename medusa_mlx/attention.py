@@ -6,9 +6,10 @@ Three pieces, none of which touches a model file:
   tree mask (whole prefix + the node's own ancestors) while a tree is verified.
   mlx-lm models build their mask with ``create_attention_mask(h, cache)``,
   which defers to ``cache.make_mask``.
-- ``tree_positions``: for the length of one forward, wraps each attention
-  module's ``rope`` so node j is rotated to ``prefix_len + depth_j`` instead of
-  ``prefix_len + j``. ``mx.fast.rope`` takes one offset per batch row, so the
+- ``tree_positions``: for the length of one forward, wraps every rotary module
+  (``backbone.position_slots``: any attribute name, any mlx-lm rotary class) so node
+  j is rotated to ``prefix_len + depth_j`` instead of ``prefix_len + j`` (learned
+  position tables, GPT-2's ``wpe``, are looked up at those positions instead). ``mx.fast.rope`` takes one offset per batch row, so the
   wrapper views (1, H, T, D) as (T, H, 1, D) and passes T offsets. The
   original modules are put back on exit.
 - ``compact_cache``: after acceptance, moves the accepted nodes' keys/values to the
@@ -20,9 +21,8 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from .backbone import check_cache_types
 from .errors import UnsupportedModelError
 
 
@@ -41,15 +41,17 @@ class TreeKVCache(KVCache):
         if self.tree_mask is None or N != self.tree_mask.shape[0]:
             return super().make_mask(N, return_array=return_array, window_size=window_size)
         if window_size is not None:
-            raise UnsupportedModelError("sliding-window attention cannot verify a tree")
+            raise UnsupportedModelError("its attention uses a sliding window, through which "
+                                        "a tree cannot be verified")
         prefix = mx.ones((N, self.offset), dtype=mx.bool_)
         return mx.concatenate([prefix, self.tree_mask], axis=1)
 
 
 def make_tree_cache(backbone: nn.Module) -> list[TreeKVCache]:
-    """One ``TreeKVCache`` per layer (``check_cache_types`` refuses caches that
-    cannot rewind: rotating windows, recurrent state, hybrids)."""
-    return [TreeKVCache() for _ in check_cache_types(backbone)]
+    """One ``TreeKVCache`` per layer cache mlx-lm would make. Only for backbones
+    ``backbone.inspect_backbone`` accepted (its ``check_cache_types`` refuses caches
+    that cannot rewind: rotating windows, recurrent state, hybrids)."""
+    return [TreeKVCache() for _ in make_prompt_cache(backbone)]
 
 
 class _PerTokenRoPE(nn.Module):
@@ -59,33 +61,51 @@ class _PerTokenRoPE(nn.Module):
         self._positions = positions
 
     def __call__(self, x: mx.array, offset=0) -> mx.array:
-        # (1, H, T, D) -> (T, H, 1, D): each "batch row" is one node, with its own offset.
-        y = self.rope(x.transpose(2, 1, 0, 3), offset=self._positions)
-        return y.transpose(2, 1, 0, 3)
+        # (B=1, H, T, D) -> (T, H, 1, D): each "batch row" is one node, with its own
+        # offset. Partial rotary dims, traditional layout and scaled frequencies are
+        # the wrapped module's own business: only the offset changes.
+        y = self.rope(x.swapaxes(0, -2), offset=self._positions)
+        return y.swapaxes(0, -2)
+
+
+class _PerNodeEmbedding(nn.Module):
+    """A learned absolute position table looked up at each node's own position
+    (the model asks for ``offset + arange(T)``, whatever shape it builds them in)."""
+
+    def __init__(self, table: nn.Embedding, positions: mx.array):
+        super().__init__()
+        self.table = table
+        self._positions = positions
+
+    def __call__(self, position_ids: mx.array) -> mx.array:
+        return self.table(self._positions.reshape(position_ids.shape))
 
 
 @contextmanager
-def tree_positions(owners: list[nn.Module], positions: mx.array):
-    originals = [owner["rope"] for owner in owners]
+def tree_positions(slots: list[tuple], positions: mx.array):
+    """``slots``: (parent, key) of every rotary module or position table
+    (``backbone.position_slots``)."""
+    originals = [parent[key] for parent, key in slots]
     try:
-        for owner, rope in zip(owners, originals):
-            owner["rope"] = _PerTokenRoPE(rope, positions)
+        for (parent, key), rope in zip(slots, originals):
+            wrapper = _PerNodeEmbedding if isinstance(rope, nn.Embedding) else _PerTokenRoPE
+            parent[key] = wrapper(rope, positions)
         yield
     finally:
-        for owner, rope in zip(owners, originals):
-            owner["rope"] = rope
+        for (parent, key), rope in zip(slots, originals):
+            parent[key] = rope
 
 
 @contextmanager
 def tree_attention(
-    owners: list[nn.Module], caches: list[TreeKVCache], mask: mx.array, depths: mx.array
+    slots: list[tuple], caches: list[TreeKVCache], mask: mx.array, depths: mx.array
 ):
     """Within this block, one forward over the tree's nodes verifies the tree."""
     positions = depths + caches[0].offset
     for c in caches:
         c.tree_mask = mask
     try:
-        with tree_positions(owners, positions):
+        with tree_positions(slots, positions):
             yield
     finally:
         for c in caches:

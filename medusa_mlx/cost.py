@@ -55,7 +55,7 @@ def time_verify(
         for c in cache:
             c.offset = context  # forget the previous repeat's tokens
         tic = time.perf_counter()
-        with tree_attention(model.rope_owners, cache, masks[k], depths[k]):
+        with tree_attention(model.position_slots, cache, masks[k], depths[k]):
             hidden, logits = model.forward(inputs[k], cache)
         mx.eval(hidden, logits, [c.state for c in cache])
         return time.perf_counter() - tic
@@ -145,7 +145,7 @@ def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128,
     rng = np.random.default_rng(0)
     vocab = model.heads.args.vocab_size
     cache = model.make_cache()
-    model.body(mx.array(rng.integers(0, vocab, (1, prefix_len))), cache=cache)
+    model.backbone(mx.array(rng.integers(0, vocab, (1, prefix_len))), cache=cache)
     mx.eval([c.state for c in cache])
 
     def plain_step():

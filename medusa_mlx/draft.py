@@ -77,7 +77,7 @@ def branch_candidates(model: MedusaModel, hidden: mx.array, root: int, tree: Tre
                       plan: BranchPlan) -> mx.array:
     """(tree.size,) token of every node, each drafted on its own branch."""
     heads = model.heads
-    shared = model.head_projection or model.lm_head
+    shared = model.head_projection or model.output_path
     features, tokens = hidden[None], mx.array([root])  # the depth-0 nodes: the root
     out = [tokens]
     for d in range(tree.depth):

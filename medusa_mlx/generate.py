@@ -58,7 +58,7 @@ def _prefill(model: MedusaModel, prompt: mx.array, cache, step_size: int):
     """Like mlx-lm: all but the last prompt token in chunks, then the last alone."""
     while prompt.size > 1:
         n = min(step_size, prompt.size - 1)
-        model.body(prompt[:n][None], cache=cache)
+        model.backbone(prompt[:n][None], cache=cache)
         mx.eval([c.state for c in cache])
         prompt = prompt[n:]
     return model.forward(prompt[None], cache)
@@ -147,7 +147,7 @@ def medusa_generate_step(
             # sequential RoPE offsets are exactly right, and cheaper.
             hidden, logits = model.forward(candidates[None], cache)
         else:
-            with tree_attention(model.rope_owners, cache, step_mask, step_depths):
+            with tree_attention(model.position_slots, cache, step_mask, step_depths):
                 hidden, logits = model.forward(candidates[None], cache)
         if profile:
             mx.eval(hidden, logits)

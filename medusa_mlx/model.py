@@ -7,7 +7,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .attention import make_tree_cache
-from .backbone import BackboneParts, inspect_backbone, lm_head_weight, model_type
+from .backbone import (BackboneParts, BodyPath, hidden_and_logits, inspect_backbone, is_linear,
+                       lm_head_weight, model_type, token_embedding)
 from .errors import ConfigError, UnsupportedModelError
 from .heads import HeadsArgs, MedusaHeads, check_head_vocab, init_heads
 
@@ -17,20 +18,21 @@ class MedusaModel:
     """``backbone`` is the mlx-lm model as loaded; ``heads`` guess further tokens
     (None: no heads; decoding then drafts with prompt lookup alone, or not at all).
 
-    ``body`` (the backbone's inner model: tokens -> final-norm hidden states) and
-    ``lm_head`` (hidden -> logits) are the two halves of ``backbone.__call__``;
-    Medusa needs the hidden states in between to run its heads.
+    ``body`` says where the backbone's inner model sits: ``forward`` records its
+    output (the final hidden state the heads read) during the backbone's own call,
+    so the logits are exactly plain decoding's (see ``backbone.py``).
+    ``output_path`` maps a hidden state to logits through the backbone's own code.
     """
 
     backbone: nn.Module
     heads: Optional[MedusaHeads]
-    body: nn.Module
-    lm_head: Callable[[mx.array], mx.array]
-    rope_owners: list
+    body: BodyPath
+    output_path: Callable[[mx.array], mx.array]
+    position_slots: list  # (parent, key) of every rotary module / position table
     # Optional "head vocabulary" (config key ``head_vocab``): shared-projection heads
-    # then score only these token ids, a slice of the lm_head computed once at load.
-    # On a small model with a large vocabulary the full projection costs ~1/5 of a
-    # forward per step; the heads' guesses only ever need likely tokens.
+    # then score only these token ids, a slice of the output projection computed once
+    # at load. On a small model with a large vocabulary the full projection costs ~1/5
+    # of a forward per step; the heads' guesses only ever need likely tokens.
     head_vocab: Optional[mx.array] = None
     head_projection: Optional[Callable[[mx.array], mx.array]] = None
     # Token ids -> input embeddings, for sequential heads (they see tokens too).
@@ -49,9 +51,8 @@ class MedusaModel:
         return make_tree_cache(self.backbone)
 
     def forward(self, tokens: mx.array, cache) -> tuple[mx.array, mx.array]:
-        """tokens (1, T) -> (hidden (1, T, H), logits (1, T, V))."""
-        hidden = self.body(tokens, cache=cache)
-        return hidden, self.lm_head(hidden)
+        """tokens (1, T) -> (hidden (1, T, H), logits (1, T, V)), one backbone call."""
+        return hidden_and_logits(self.backbone, self.body, tokens, cache)
 
     def head_logits(self, hidden: mx.array, count: Optional[int] = None,
                     next_token: Optional[mx.array] = None) -> mx.array:
@@ -59,7 +60,7 @@ class MedusaModel:
         (over ``head_vocab`` when the heads have one: map indices with it).
         ``next_token`` (...): the token after ``hidden``'s position, which
         sequential heads see (plain Medusa heads ignore it)."""
-        projection = self.head_projection or self.lm_head
+        projection = self.head_projection or self.output_path
         if not self.heads.args.sequential:
             return self.heads(hidden, projection, count)
         if next_token is None:
@@ -81,9 +82,9 @@ def as_medusa_model(model) -> MedusaModel:
 
 def _assemble(backbone: nn.Module, heads: Optional[MedusaHeads],
               parts: BackboneParts) -> MedusaModel:
-    owners, body, lm_head, hidden, vocab = parts
+    slots, body, project, hidden, vocab = parts
     if heads is None:
-        return MedusaModel(backbone, None, body, lm_head, owners)
+        return MedusaModel(backbone, None, body, project, slots)
     if heads.args.hidden_size != hidden:
         raise ConfigError(
             f"heads expect hidden size {heads.args.hidden_size}, the backbone has {hidden}"
@@ -92,13 +93,13 @@ def _assemble(backbone: nn.Module, heads: Optional[MedusaHeads],
     shared_unknown = heads.args.shared_lm_head and heads.args.vocab_size is None
     if heads.args.vocab_size != vocab and not shared_unknown:
         raise ConfigError(f"heads predict {heads.args.vocab_size} tokens, the backbone {vocab}")
-    head_vocab, head_projection = _head_vocab_projection(heads, lm_head, hidden, vocab)
-    embed = getattr(body, "embed_tokens", None)
+    head_vocab, head_projection = _head_vocab_projection(heads, project, hidden, vocab)
+    embed = token_embedding(backbone, body, vocab)
     if heads.args.sequential and embed is None:
         raise UnsupportedModelError(
-            f"architecture '{model_type(backbone)}' has no embed_tokens for sequential heads"
+            f"architecture '{model_type(backbone)}' has no token embedding for sequential heads"
         )
-    return MedusaModel(backbone, heads, body, lm_head, owners, head_vocab, head_projection,
+    return MedusaModel(backbone, heads, body, project, slots, head_vocab, head_projection,
                        embed)
 
 
@@ -111,6 +112,8 @@ def _head_vocab_projection(heads: MedusaHeads, lm_head, hidden_size: int, vocab_
                           "lm_head")
     check_head_vocab(ids, vocab_size)  # MLX does not bounds-check the gather below
     vocab = mx.array(ids)
+    if not is_linear(lm_head, hidden_size):  # e.g. soft-capped: score all, keep the slice
+        return vocab, lambda x: lm_head(x)[..., vocab]
     weight = lm_head_weight(lm_head, hidden_size)[vocab].T
     mx.eval(weight)
     return vocab, lambda x: x @ weight

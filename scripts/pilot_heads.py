@@ -24,7 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from medusa_mlx.backbone import split_backbone
+from medusa_mlx.backbone import split_backbone, token_embedding
 from medusa_mlx.load import load_backbone
 from medusa_mlx.training.data import (IGNORE, AnswerCache, Features, TokenSequence,
                                       answer_cache_path, compute_features, generate_batched,
@@ -84,7 +84,8 @@ def main():
     positions = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in picked])
 
     backbone, tokenizer, _ = load_backbone("smollm2")
-    body, lm_head = split_backbone(backbone)
+    _, lm_head = split_backbone(backbone)
+    embed = token_embedding(backbone)
     if args.sampled:
         train, positions = with_sampled_answers(backbone, tokenizer, args.cache, train, positions,
                                                 picked)
@@ -102,7 +103,7 @@ def main():
 
     def soft_loss(h, x, y, t, teacher_hidden):
         # Head k's teacher: the base model's distribution at position t+1+k (argmax = label).
-        logits = h(x, project, embed=body.embed_tokens, tokens=t)
+        logits = h(x, project, embed=embed, tokens=t)
         total, correct, counts = mx.array(0.0), [], []
         for k in range(K):
             valid = y[:, k] != IGNORE
@@ -115,7 +116,7 @@ def main():
         return total, (mx.stack(correct), mx.stack(counts))
 
     def hard_loss(h, x, y, t, _):
-        return medusa_loss(h, project, x, y, 0.8, body.embed_tokens, t)
+        return medusa_loss(h, project, x, y, 0.8, embed, t)
 
     loss_and_grad = nn.value_and_grad(heads, soft_loss if args.variant == "soft" else hard_loss)
     optimizer = make_optimizer(config)
@@ -135,7 +136,7 @@ def main():
             acc = np.array(c) / np.maximum(np.array(n), 1)
             print(step + 1, round(loss.item(), 3), acc.round(3), f"{time.time() - tic:.0f}s",
                   flush=True)
-    acc = head_accuracy(heads, lm_head, held_out, embed=body.embed_tokens)
+    acc = head_accuracy(heads, lm_head, held_out, embed=embed)
     print(f"{args.variant}: {len(positions)} positions, held-out top-1 {acc['top1']} "
           f"top-5 {acc['top5']}")
 

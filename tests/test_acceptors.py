@@ -138,7 +138,7 @@ def tree_step(model, backbone, tree_name, heads):
     else:
         topk = oracle_rows(backbone, PROMPT + [ROOT], tree.depth, tree.topk, heads)
     candidates = mx.concatenate([mx.array([ROOT]), topk.reshape(-1).astype(mx.int32)])[mx.array(tree.gather)]
-    with tree_attention(model.rope_owners, cache, mx.array(tree.mask), mx.array(tree.depths)):
+    with tree_attention(model.position_slots, cache, mx.array(tree.mask), mx.array(tree.depths)):
         _, logits = model.forward(candidates[None], cache)
     return tree, candidates, logits[0]
 

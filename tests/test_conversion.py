@@ -176,6 +176,18 @@ def test_existing_output_needs_force_and_force_replaces_only_heads(fixtures, tmp
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_base_dimensions_come_from_the_model_not_config_keys(fixtures, tmp_path):
+    """gpt2 names its width n_embd and phi3-style wrappers nest it: the sizes are
+    read from the model mlx-lm builds (lazily, no weights), so a mismatch is caught."""
+    base = tmp_path / "gpt2"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "n_embd": 128, "n_layer": 1, "n_head": 4, "vocab_size": 512,
+        "n_positions": 64, "n_ctx": 64, "layer_norm_epsilon": 1e-5}))
+    with pytest.raises(ConversionError, match="hidden size 64 != base hidden_size 128"):
+        convert(str(fixtures / "medusa1_pt"), str(tmp_path / "out"), base=str(base))
+
+
 def test_base_fills_vocab_of_shared_heads(fixtures, tmp_path):
     base = tmp_path / "base"
     base.mkdir()

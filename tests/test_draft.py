@@ -32,10 +32,10 @@ def test_each_node_is_its_branchs_own_guess(shared, head_vocab):
     tokens on that node's own path: checked against a direct teacher-forced call."""
     model = sequential_model(shared, head_vocab)
     tree = tree_from_spec("tree-32", 3)
-    hidden = model.body(mx.array([PROMPT]))[0, -1]
+    hidden = model.forward(mx.array([PROMPT]), None)[0][0, -1]
     root = 7
     candidates = np.array(draft_candidates(model, hidden, root, tree)).tolist()
-    project = model.head_projection or model.lm_head
+    project = model.head_projection or model.output_path
     token_of = {(): root}
     for node, path in enumerate(tree.paths[1:], start=1):
         seen = [root] + [token_of[path[:d]] for d in range(1, len(path))]
@@ -57,7 +57,7 @@ def test_each_node_is_its_branchs_own_guess(shared, head_vocab):
 def test_plain_heads_take_each_depths_topk():
     model = attach_heads(tiny_model("qwen2", seed=1), num_heads=3, seed=4)
     tree = tree_from_spec("tree-32", 3)
-    hidden = model.body(mx.array([PROMPT]))[0, -1]
+    hidden = model.forward(mx.array([PROMPT]), None)[0][0, -1]
     top = np.array(heads_topk(model, hidden, tree.depth, tree.topk))
     candidates = np.array(draft_candidates(model, hidden, 5, tree))
     assert candidates[0] == 5
@@ -81,15 +81,15 @@ def test_teacher_forced_ranks_feed_the_true_tokens():
     backbone = tiny_model("llama", seed=3)
     model = attach_heads(backbone, num_heads=3, sequential=True, seed=5)
     features = compute_features(backbone, greedy_sequences(backbone, 4))
-    forced = head_ranks(model.heads, model.lm_head, features, embed=model.embed,
+    forced = head_ranks(model.heads, model.output_path, features, embed=model.embed,
                         teacher_forced=True)
-    free = head_ranks(model.heads, model.lm_head, features, embed=model.embed)
+    free = head_ranks(model.heads, model.output_path, features, embed=model.embed)
     assert np.array_equal(forced[0], free[0]) and not np.array_equal(forced[1:], free[1:])
     checked = 0
     for t in np.nonzero((features.labels[:, :3] != IGNORE).all(axis=1))[0][:20]:
         seen = [int(features.next_tokens[t])] + features.labels[t, :2].tolist()
         logits = np.array(model.heads(mx.array(features.hidden[t]).astype(mx.float32),
-                                      model.lm_head, embed=model.embed, tokens=mx.array(seen)))
+                                      model.output_path, embed=model.embed, tokens=mx.array(seen)))
         for k in range(3):
             label = features.labels[t, k]
             assert forced[k, t] == min((logits[k] > logits[k, label]).sum(), 10)

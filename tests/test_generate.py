@@ -1,18 +1,23 @@
 """The heart of the suite: Medusa greedy == mlx-lm greedy, and why."""
 
+import importlib
+
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 
-from medusa_mlx.attention import UnsupportedModelError, tree_attention
+from medusa_mlx.attention import compact_cache, tree_attention
 from medusa_mlx.conversation import ConversationCache, encode_prompt
+from medusa_mlx.errors import UnsupportedModelError
 from medusa_mlx.generate import ContextLengthError, medusa_generate_step
 from medusa_mlx.model import attach_heads
 from medusa_mlx.tree import tree_from_spec
-from tiny_models import ARCHITECTURES, tiny_model
+from tiny_models import ARCHITECTURES, partial_oracle, tiny_model
 
+# The module, not the function ``medusa_mlx.generate`` the package exports.
+generate_module = importlib.import_module("medusa_mlx.generate")
 PROMPT = [1, 5, 9, 17, 33, 2, 64]
 
 
@@ -84,7 +89,7 @@ def test_tree_logits_equal_path_decoding(arch):
     candidates = rng.integers(0, 128, size=tree.size)
     cache = model.make_cache()
     model.forward(mx.array(PROMPT)[None], cache)
-    with tree_attention(model.rope_owners, cache, mx.array(tree.mask), mx.array(tree.depths)):
+    with tree_attention(model.position_slots, cache, mx.array(tree.mask), mx.array(tree.depths)):
         _, tree_logits = model.forward(mx.array(candidates)[None], cache)
     tree_logits = np.array(tree_logits[0])
     worst = 0.0
@@ -95,11 +100,23 @@ def test_tree_logits_equal_path_decoding(arch):
     assert worst <= 1e-4
 
 
-def test_cache_after_compaction_equals_plain_decoding():
+def test_cache_after_compaction_equals_plain_decoding(monkeypatch):
+    """Partially-right heads accept down non-first branches (keys are moved); the
+    cache afterwards must hold exactly what plain decoding of the same tokens holds."""
+    moved = []
+
+    def spy(caches, prefix_len, keep):
+        moved.append(keep != list(range(len(keep))))
+        return compact_cache(caches, prefix_len, keep)
+
+    monkeypatch.setattr(generate_module, "compact_cache", spy)
     backbone = tiny_model("llama")
     model = attach_heads(backbone)
+    ref = plain_greedy(backbone, PROMPT, 60)
     medusa_cache = model.make_cache()
-    tokens = medusa_tokens(model, PROMPT, 60, tree="tree-64", prompt_cache=medusa_cache)
+    tokens = medusa_tokens(model, PROMPT, 60, tree="tree-64", prompt_cache=medusa_cache,
+                           proposer=partial_oracle(PROMPT + ref, seed=3, depth=4))
+    assert tokens == ref and sum(moved) > 0
     # Plain decoding of the same tokens (the last emitted token is never cached).
     plain_cache = make_prompt_cache(backbone)
     backbone(mx.array(PROMPT + tokens[:-1])[None], cache=plain_cache)
@@ -207,9 +224,9 @@ def test_head_vocab_restricts_candidates_and_keeps_output_exact():
     vocab = list(range(0, 128, 3))
     args = HeadsArgs(64, 128, num_heads=3, shared_lm_head=True, extra={"head_vocab": vocab})
     model = medusa_model(backbone, init_heads(args, seed=2))
-    hidden = model.body(mx.array([PROMPT]))[0, -1]
+    hidden = model.forward(mx.array([PROMPT]), None)[0][0, -1]
     # The sliced projection scores exactly what the full one scores on those ids.
-    full = model.heads(hidden, model.lm_head, 3)
+    full = model.heads(hidden, model.output_path, 3)
     assert np.allclose(np.array(model.head_logits(hidden, 3)), np.array(full)[:, vocab], atol=1e-5)
     top = heads_topk(model, hidden, 3, 5)
     assert set(np.array(top).ravel().tolist()) <= set(vocab)

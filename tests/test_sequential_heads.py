@@ -13,7 +13,7 @@ from tiny_models import greedy_sequences, tiny_model
 from medusa_mlx.conversion.convert import main as convert_main
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.heads import load_heads, save_heads
-from medusa_mlx.backbone import split_backbone
+from medusa_mlx.backbone import split_backbone, token_embedding
 from medusa_mlx.model import attach_heads, medusa_model
 from medusa_mlx.training.data import teacher_tokens
 from medusa_mlx.training.trainer import TrainConfig, fresh_heads, medusa_loss, train
@@ -113,7 +113,7 @@ def test_step_zero_sequential_heads_equal_base_next_token_logits(backbone):
     heads = fresh_heads(lm_head, 64, 128, TrainConfig(num_heads=2, sequential=True))
     hidden = body(mx.array([PROMPT]))[0]
     tokens = mx.array([[1], [2], [3], [4], [5]])
-    logits = heads(hidden, lm_head, embed=body.embed_tokens, tokens=tokens)
+    logits = heads(hidden, lm_head, embed=token_embedding(backbone), tokens=tokens)
     assert mx.allclose(logits[1], lm_head(hidden), atol=1e-5)
 
 
@@ -121,16 +121,16 @@ def test_teacher_forcing_with_own_guesses_equals_inference(backbone):
     """Fed the tokens they would guess themselves, teacher-forced heads give the
     inference-mode logits: training and decoding run the same computation."""
     model = attach_heads(backbone, num_heads=3, sequential=True, seed=5)
-    body, lm_head = model.body, model.lm_head
-    hidden = body(mx.array([PROMPT]))[0]
+    lm_head, embed = model.output_path, model.embed
+    hidden = model.forward(mx.array([PROMPT]), None)[0][0]
     first = mx.array([[7], [8], [9], [10], [11]])
-    free = model.heads(hidden, lm_head, embed=body.embed_tokens, tokens=first)
+    free = model.heads(hidden, lm_head, embed=embed, tokens=first)
     guesses = mx.argmax(free[:2], axis=-1).T  # heads 0 and 1's best tokens, (5, 2)
-    forced = model.heads(hidden, lm_head, embed=body.embed_tokens,
+    forced = model.heads(hidden, lm_head, embed=embed,
                          tokens=mx.concatenate([first, guesses], axis=1))
     assert mx.allclose(free, forced, atol=1e-5)
     other = mx.concatenate([first, (guesses + 1) % 128], axis=1)
-    assert not mx.allclose(free[1:], model.heads(hidden, lm_head, embed=body.embed_tokens,
+    assert not mx.allclose(free[1:], model.heads(hidden, lm_head, embed=embed,
                                                  tokens=other)[1:])
 
 
@@ -141,8 +141,8 @@ def test_teacher_tokens_are_the_next_token_then_earlier_heads_targets():
 
 
 def test_training_sequential_heads_lowers_loss_and_beats_plain_heads(backbone, features):
-    body, lm_head = split_backbone(backbone)
-    embed = body.embed_tokens
+    _, lm_head = split_backbone(backbone)
+    embed = token_embedding(backbone)
     results = {}
     for sequential in (False, True):
         config = TrainConfig(num_heads=2, steps=120, batch_size=64, learning_rate=3e-3,
@@ -194,10 +194,10 @@ def test_head_vocab_guesses_are_mapped_back_to_token_ids():
     args = HeadsArgs(64, 128, num_heads=3, shared_lm_head=True, sequential=True,
                      extra={"head_vocab": vocab})
     model = medusa_model(backbone, init_heads(args, seed=2))
-    hidden = model.body(mx.array([PROMPT]))[0, -1]
-    full = model.heads(hidden, model.lm_head, 3, embed=model.embed, tokens=mx.array([4]))
+    hidden = model.forward(mx.array([PROMPT]), None)[0][0, -1]
+    full = model.heads(hidden, model.output_path, 3, embed=model.embed, tokens=mx.array([4]))
     guesses = [4] + [vocab[int(mx.argmax(full[k][mx.array(vocab)]))] for k in range(2)]
-    forced = model.heads(hidden, model.lm_head, 3, embed=model.embed, tokens=mx.array(guesses))
+    forced = model.heads(hidden, model.output_path, 3, embed=model.embed, tokens=mx.array(guesses))
     assert np.allclose(np.array(model.head_logits(hidden, 3, mx.array(4))),
                        np.array(forced)[:, vocab], atol=1e-5)
     assert set(np.array(heads_topk(model, hidden, 3, 5, 4)).ravel().tolist()) <= set(vocab)

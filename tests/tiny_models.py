@@ -64,3 +64,25 @@ def greedy_sequences(backbone: nn.Module, count: int, new_tokens: int = 40, seed
             tokens.append(int(mx.argmax(lm_head(body(mx.array([tokens])))[0, -1])))
         sequences.append(TokenSequence(tokens, start))
     return sequences
+
+
+def partial_oracle(truth: list, seed: int, vocab: int = VOCAB, depth: int = 3):
+    """Heads that know the greedy continuation but are wrong at random nodes: at
+    each depth the true token is ranked first (p=0.5), second (p=0.3) or not at
+    all (p=0.2), under a fixed seed. Runs with it accept at several depths, reject,
+    and accept down non-first branches (which moves keys in the cache)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def propose(hidden, history):
+        rows = []
+        for d in range(depth):
+            pos = len(history) + d
+            true = truth[pos] if pos < len(truth) else 0
+            wrong = [(true + r) % vocab for r in range(1, 11)]
+            rank = rng.choice(3, p=[0.5, 0.3, 0.2])
+            rows.append(wrong[:rank] + [true] + wrong[rank:9] if rank < 2 else wrong)
+        return mx.array(rows)
+
+    return propose

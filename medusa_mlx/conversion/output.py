@@ -98,10 +98,32 @@ def read_base_config(base: Path) -> dict:
     return config
 
 
+def base_dimensions(base: Path) -> tuple[Optional[int], Optional[int]]:
+    """(hidden size, vocabulary) of the base model, read from the model itself: its
+    mlx-lm class is built from config.json without weights and traced on one token
+    (MLX works out shapes without computing, so nothing the size of the model is
+    allocated). Config keys differ by architecture (d_model, n_embd, text_config...);
+    the model's own hidden state and logits do not. Falls back to the config's
+    ``hidden_size`` / ``vocab_size`` when mlx-lm cannot build the class."""
+    from mlx_lm.utils import _get_classes
+
+    from ..backbone import find_body, hidden_and_logits
+
+    text = read_base_config(base)
+    config = json.loads((base / "config.json" if base.is_dir() else base).read_text())
+    try:
+        model_class, args_class = _get_classes(config)
+        backbone = model_class(args_class.from_dict(config))
+        hidden, logits = hidden_and_logits(backbone, find_body(backbone), mx.array([[0]]))
+        return hidden.shape[-1], logits.shape[-1]
+    except (ValueError, KeyError, TypeError, AttributeError, ImportError):
+        return text.get("hidden_size"), text.get("vocab_size")
+
+
 def check_against_base(checkpoint: SourceHeads, base: Path) -> dict:
     """Fail naming exactly what differs; fill in the vocab size of shared-lm_head heads."""
     config = read_base_config(base)
-    hidden, vocab = config.get("hidden_size"), config.get("vocab_size")
+    hidden, vocab = base_dimensions(base)
     problems = []
     if hidden is not None and hidden != checkpoint.hidden_size:
         problems.append(f"hidden size {checkpoint.hidden_size} != base hidden_size {hidden}")

@@ -117,7 +117,7 @@ def main(argv=None):
 def _main(argv):
     from rich.console import Console
 
-    from ..backbone import split_backbone
+    from ..backbone import split_backbone, token_embedding
     from ..model import medusa_model
     from ..load import load_backbone
     from .tree_search import choose_tree_for
@@ -137,7 +137,7 @@ def _main(argv):
     tic = time.perf_counter()
     mx.random.seed(args.seed)
     backbone, tokenizer, _ = load_backbone(args.model)
-    body, lm_head = split_backbone(backbone)
+    _, lm_head = split_backbone(backbone)
     data_config = DataConfig(files=args.data, mode=args.mode, held_out=args.held_out,
                              prompt_tokens=args.prompt_tokens,
                              max_new_tokens=args.max_new_tokens, max_seq_len=args.max_seq_len,
@@ -169,7 +169,7 @@ def _main(argv):
     console.print(f"training {config.num_heads} heads x {config.num_layers} layers on "
                   f"{len(dataset.train)} positions ({args.steps} steps)")
     tic_train = time.perf_counter()
-    embed = getattr(body, "embed_tokens", None)
+    embed = token_embedding(backbone)
     history = train(heads, lm_head, dataset.train, config, out_dir=args.out,
                     resume=args.resume, embed=embed)
     train_seconds = time.perf_counter() - tic_train

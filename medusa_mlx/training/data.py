@@ -29,7 +29,7 @@ import mlx.core as mx
 import numpy as np
 
 from .answers import AnswerCache, generate_batched
-from ..backbone import split_backbone
+from ..backbone import find_body, hidden_and_logits
 from ..conversation import encode_prompt
 
 MAX_LABEL_HEADS = 8  # label columns stored per position (heads trained <= this)
@@ -254,8 +254,9 @@ def relabel(labels: np.ndarray, vocab: np.ndarray) -> np.ndarray:
 def compute_features(model, sequences: list, batch_size: int = 8,
                      progress=None) -> Features:
     """Run the frozen backbone once over every sequence (right-padded batches:
-    causal attention means padding never changes earlier positions)."""
-    body, lm_head = split_backbone(model)
+    causal attention means padding never changes earlier positions). Hidden states
+    and predictions come from one backbone call per batch."""
+    body = find_body(model)
     hidden_parts, label_parts, next_parts = [], [], []
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
     for b in range(0, len(order), batch_size):
@@ -264,8 +265,8 @@ def compute_features(model, sequences: list, batch_size: int = 8,
         ids = np.zeros((len(batch), width), dtype=np.int32)
         for r, s in enumerate(batch):
             ids[r, : len(s.tokens)] = s.tokens
-        hidden = body(mx.array(ids))
-        predicted = mx.argmax(lm_head(hidden), axis=-1)
+        hidden, logits = hidden_and_logits(model, body, mx.array(ids))
+        predicted = mx.argmax(logits, axis=-1)
         mx.eval(hidden, predicted)
         hidden = np.array(hidden.astype(mx.float16))
         predicted = np.array(predicted)

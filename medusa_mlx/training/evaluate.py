@@ -100,7 +100,7 @@ def decoding_projection(model) -> tuple:
     """(projection, head vocabulary ids or None): how decoding scores a wrapped
     model's heads, for ``head_ranks`` / ``head_accuracy``."""
     vocab = None if model.head_vocab is None else np.array(model.head_vocab)
-    return model.head_projection or model.lm_head, vocab
+    return model.head_projection or model.output_path, vocab
 
 
 def features_accuracy(model, data: Features) -> dict:
