@@ -28,7 +28,7 @@ from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.load import load_backbone
 from medusa_mlx.model import attach_heads
 from medusa_mlx.acceptors import make_acceptor
-from tiny_models import tiny_model  # tests/ is on sys.path: it holds this script
+from tiny_models import partial_oracle, tiny_model  # tests/ is on sys.path: it holds this script
 
 
 def build_backbone(spec: str):
@@ -66,6 +66,8 @@ def parse_args():
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--unshared-seeds", action="store_true", help="fault: each rank keeps its own seed")
     p.add_argument("--oracle", action="store_true", help="always-right head guesses (figures)")
+    p.add_argument("--partial-oracle", type=int, default=None, metavar="SEED",
+                   help="head guesses right at random nodes under SEED (tests.tiny_models.partial_oracle)")
     p.add_argument("--check-every", type=int, default=4)
     p.add_argument("--step-timeout", type=float, default=0.0)
     p.add_argument("--die-after", type=int, default=0, help="fault: last rank exits after N steps")
@@ -91,10 +93,12 @@ def run(args, group, rank: int, size: int) -> dict:
     prompt = [int(t) for t in args.prompt.split(",")]
     backbone = build_backbone(args.model)
     proposer = None
-    if args.oracle:
+    if args.oracle or args.partial_oracle is not None:
         # Computed before sharding, identically on every rank.
         ref = [t for t, _ in generate_step(mx.array(prompt), backbone, max_tokens=args.max_tokens)]
-        proposer = oracle_proposer(prompt + ref, args.heads, 10)
+        vocab = backbone(mx.array([[1]])).shape[-1]
+        proposer = (oracle_proposer(prompt + ref, args.heads, 10) if args.oracle else
+                    partial_oracle(prompt + ref, args.partial_oracle, vocab, args.heads))
     model = attach_heads(backbone, num_heads=args.heads, seed=1)
     seed = args.seed
     if group is not None:
@@ -141,6 +145,7 @@ def run(args, group, rank: int, size: int) -> dict:
     steps = len(times) - 1
     return {
         "tokens": tokens,
+        "accepted": accepted[1:],
         "steps": steps,
         "mean_accepted": sum(accepted[1:]) / max(steps, 1),
         "tokens_per_step": decode_tokens / max(steps, 1),
