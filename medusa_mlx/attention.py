@@ -23,28 +23,33 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from .errors import UnsupportedModelError
 
 
 class TreeKVCache(KVCache):
     """A ``KVCache`` that can serve a tree mask for the next forward.
 
-    ``tree_mask`` is set only inside :func:`tree_attention`; outside it the
-    cache is indistinguishable from mlx-lm's ``KVCache``.
+    ``tree_mask`` and ``tree_depths`` are set only inside :func:`tree_attention`;
+    outside it the cache is indistinguishable from mlx-lm's ``KVCache``.
     """
 
     def __init__(self):
         super().__init__()
         self.tree_mask: Optional[mx.array] = None
+        self.tree_depths: Optional[mx.array] = None
 
     def make_mask(self, N: int, return_array: bool = False, window_size=None):
         if self.tree_mask is None or N != self.tree_mask.shape[0]:
             return super().make_mask(N, return_array=return_array, window_size=window_size)
-        if window_size is not None:
-            raise UnsupportedModelError("its attention uses a sliding window, through which "
-                                        "a tree cannot be verified")
         prefix = mx.ones((N, self.offset), dtype=mx.bool_)
-        return mx.concatenate([prefix, self.tree_mask], axis=1)
+        mask = mx.concatenate([prefix, self.tree_mask], axis=1)
+        if window_size is not None:
+            # mlx-lm's window, by position: node j (at offset + depth_j) sees a key at
+            # position p when p > its position - window_size (a plain KVCache keeps
+            # every key; a model asks for the window in the mask, e.g. exaone_moe).
+            nodes = self.offset + self.tree_depths
+            keys = mx.concatenate([mx.arange(self.offset), nodes])
+            mask = mask & (nodes[:, None] < keys[None] + window_size)
+        return mask
 
 
 def make_tree_cache(backbone: nn.Module) -> list[TreeKVCache]:
@@ -103,13 +108,13 @@ def tree_attention(
     """Within this block, one forward over the tree's nodes verifies the tree."""
     positions = depths + caches[0].offset
     for c in caches:
-        c.tree_mask = mask
+        c.tree_mask, c.tree_depths = mask, depths
     try:
         with tree_positions(slots, positions):
             yield
     finally:
         for c in caches:
-            c.tree_mask = None
+            c.tree_mask = c.tree_depths = None
 
 
 def compact_cache(caches: list[TreeKVCache], prefix_len: int, keep: list[int]) -> None:

@@ -261,7 +261,7 @@ def check_tree_verification(backbone: nn.Module, slots: list) -> None:
     """Verify a 4-node probe tree and compare each node's logits with plain
     decoding of its path. Per-node positions (any rotary form) and the tree mask
     must reach every layer; what they do not reach (positions computed inside
-    attention without a module, a mask built without the cache, sliding windows, a rotary module that cannot
+    attention without a module, a mask built without the cache, a rotary module that cannot
     take one offset per node) is refused here instead of decoding differently.
     Costs 4 short forwards at load."""
     if model_type(backbone) in _CRASHES_ON_PROBE:
@@ -274,8 +274,6 @@ def check_tree_verification(backbone: nn.Module, slots: list) -> None:
                             mx.array(_PROBE_DEPTHS)):
             tree = backbone(mx.array([nodes]), cache=cache)[0]
         mx.eval(tree)
-    except UnsupportedModelError as e:  # TreeKVCache asked for a sliding-window mask
-        raise _refuse(backbone, str(e)) from None
     except (ValueError, TypeError) as e:
         raise _refuse(backbone, "its rotary embedding cannot take one position per tree "
                       f"node ({e})") from None

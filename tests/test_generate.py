@@ -100,6 +100,29 @@ def test_tree_logits_equal_path_decoding(arch):
     assert worst <= 1e-4
 
 
+def test_windowed_tree_mask_is_mlx_lms_window_by_position():
+    """A model may ask a plain KVCache for a sliding-window mask (exaone_moe builds
+    one even when no layer uses it): on a chain it is exactly mlx-lm's mask, and in
+    a tree each node's window is counted from its own position (offset + depth)."""
+    from mlx_lm.models.base import create_causal_mask
+
+    from medusa_mlx.attention import TreeKVCache
+
+    cache, offset, window = TreeKVCache(), 9, 4
+    cache.offset = offset
+    chain = np.tril(np.ones((5, 5), dtype=bool))
+    cache.tree_mask, cache.tree_depths = mx.array(chain), mx.arange(5)
+    got = np.array(cache.make_mask(5, window_size=window))
+    assert np.array_equal(got, np.array(create_causal_mask(5, offset, window_size=window)))
+    tree = tree_from_spec("tree-16", 4)
+    cache.tree_mask, cache.tree_depths = mx.array(tree.mask), mx.array(tree.depths)
+    got = np.array(cache.make_mask(tree.size, window_size=window))
+    for j in range(tree.size):
+        seen = [p for p in range(offset) if offset + tree.depths[j] - p < window]
+        seen += [offset + n for n in tree.path_nodes(j)]
+        assert np.flatnonzero(got[j]).tolist() == sorted(seen)
+
+
 def test_cache_after_compaction_equals_plain_decoding(monkeypatch):
     """Partially-right heads accept down non-first branches (keys are moved); the
     cache afterwards must hold exactly what plain decoding of the same tokens holds."""
