@@ -23,6 +23,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
+from .errors import UnsupportedModelError  # noqa: F401  (its old import path, kept by #16)
+
 
 
 class TreeKVCache(KVCache):

@@ -23,7 +23,7 @@ import mlx.core as mx
 from mlx_lm.generate import generate_step
 
 from medusa_mlx import distributed
-from medusa_mlx.attention import UnsupportedModelError
+from medusa_mlx.errors import UnsupportedModelError
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.load import load_backbone
 from medusa_mlx.model import attach_heads

@@ -21,7 +21,7 @@ import pytest
 from mlx_lm.generate import generate_step
 
 from medusa_mlx import distributed
-from medusa_mlx.attention import UnsupportedModelError
+from medusa_mlx.errors import UnsupportedModelError
 from medusa_mlx.load import load_backbone
 from medusa_mlx.model import attach_heads
 from tiny_models import tiny_model

@@ -11,7 +11,6 @@ third-party package) are reported by ``zoo_model`` as ``ZooSkip``.
 import dataclasses
 import importlib
 import pkgutil
-import typing
 
 import mlx.core as mx
 import mlx.nn as nn
