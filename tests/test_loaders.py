@@ -238,3 +238,36 @@ def test_smollm2_quantized_layers_predict_like_dense(smollm2):
     for model in (dense, quantized):
         next_token = mx.argmax(model(prompt)[0, -1]).item()
         assert tokenizer.decode([next_token]) == " Paris"
+
+
+def test_load_with_heads_accepts_an_architecture_beyond_llama(tmp_path, monkeypatch):
+    """``load(folder, medusa=heads)`` on an mlx-lm folder of gpt2 (n_embd, learned
+    positions, no ``model.embed_tokens``): sizes come from the model, and the
+    loaded model decodes exactly like mlx-lm greedy."""
+    import json
+
+    from tokenizers import Tokenizer, models
+    from zoo_models import plain_greedy, zoo_config, zoo_model
+
+    from medusa_mlx.generate import medusa_generate_step
+    from medusa_mlx.heads import save_heads
+    from medusa_mlx.load import load
+    from medusa_mlx.model import attach_heads
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    backbone = zoo_model("gpt2")
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(backbone.parameters())))
+    (folder / "config.json").write_text(json.dumps(zoo_config("gpt2")))
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(128)}, unk_token="t0"))
+    words.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    save_heads(tmp_path / "heads", attach_heads(backbone, num_heads=3, seed=2).heads)
+    model, _ = load(str(folder), medusa=str(tmp_path / "heads"))
+    prompt = [1, 5, 9, 17]
+    got = [t for s in medusa_generate_step(prompt, model, max_tokens=32, tree="tree-16")
+           for t in s.tokens]
+    assert type(model.backbone).__module__ == "mlx_lm.models.gpt2"
+    assert got == plain_greedy(backbone, prompt, 32)
