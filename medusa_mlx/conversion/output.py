@@ -98,19 +98,29 @@ def read_base_config(base: Path) -> dict:
     return config
 
 
+# Config keys mlx-lm models read their layer count from.
+_LAYER_COUNT_KEYS = {"num_hidden_layers", "n_layer", "n_layers", "num_layers"}
+
+
 def base_dimensions(base: Path) -> tuple[Optional[int], Optional[int]]:
     """(hidden size, vocabulary) of the base model, read from the model itself: its
     mlx-lm class is built from config.json without weights and traced on one token
     (MLX works out shapes without computing, so nothing the size of the model is
     allocated). Config keys differ by architecture (d_model, n_embd, text_config...);
     the model's own hidden state and logits do not. Falls back to the config's
-    ``hidden_size`` / ``vocab_size`` when mlx-lm cannot build the class."""
+    ``hidden_size`` / ``vocab_size`` when mlx-lm cannot build the class. The layer
+    count is capped at 2 for the trace: the sizes do not depend on depth, and a
+    config asking for 10^8 layers must not build them."""
     from mlx_lm.utils import _get_classes
 
     from ..backbone import find_body, hidden_and_logits
 
-    text = read_base_config(base)
-    config = json.loads((base / "config.json" if base.is_dir() else base).read_text())
+    text = read_base_config(base)  # a small regular JSON file with sane sizes
+    config = read_json(base / "config.json" if base.is_dir() else base, "--base config")
+    for part in (config, config.get("text_config")):
+        for key in _LAYER_COUNT_KEYS & set(part if isinstance(part, dict) else ()):
+            if is_int(part[key]) and part[key] > 2:
+                part[key] = 2
     try:
         model_class, args_class = _get_classes(config)
         backbone = model_class(args_class.from_dict(config))
