@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-import medusa_mlx
+import medusa_mlx  # noqa: F401  (first: preloads OpenBLAS before mlx)
 from medusa_mlx.load import load_backbone
 from medusa_mlx.training.distill import answer_chunks
 from medusa_mlx.training.prompt_sets import read_prompt_file
