@@ -264,7 +264,8 @@ def distill(model, tokenizer, store: AnswerStore, prompts: list[Prompt], chunk_s
             _log(store, entry, log)
 
         stats = answer_chunks(model, tokenizer, chunks, max_new_tokens, batch_size, write)
-        _log(store, {"round": kinds, "batch_size": batch_size, **stats}, log)
+        if stats["prompts"]:  # else every prompt was over MAX_PROMPT_TOKENS
+            _log(store, {"round": kinds, "batch_size": batch_size, **stats}, log)
     return written
 
 
