@@ -16,6 +16,7 @@ Three pieces, none of which touches a model file:
   slots right after the prefix and drops the rest.
 """
 
+import inspect
 from contextlib import contextmanager
 from typing import Optional
 
@@ -88,15 +89,40 @@ class _PerNodeEmbedding(nn.Module):
         return self.table(self._positions.reshape(position_ids.shape))
 
 
+def _per_node_function(rotate, positions: mx.array):
+    """A module-level rotary function (``rotate(x, offset, ...)``) applied with one
+    offset per node, by the same (T, H, 1, D) view as ``_PerTokenRoPE``."""
+    signature = inspect.signature(rotate)
+
+    def per_node(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["offset"] = positions
+        x = next(iter(bound.arguments))
+        bound.arguments[x] = bound.arguments[x].swapaxes(0, -2)
+        return rotate(*bound.args, **bound.kwargs).swapaxes(0, -2)
+
+    return per_node
+
+
+def _per_node(original, positions: mx.array):
+    if isinstance(original, nn.Embedding):
+        return _PerNodeEmbedding(original, positions)
+    if isinstance(original, nn.Module):
+        return _PerTokenRoPE(original, positions)
+    return _per_node_function(original, positions)
+
+
 @contextmanager
 def tree_positions(slots: list[tuple], positions: mx.array):
-    """``slots``: (parent, key) of every rotary module or position table
-    (``backbone.position_slots``)."""
+    """``slots``: (parent, key) of every rotary module, position table or
+    module-level rotary function (``backbone.position_slots``). A function slot is
+    its model file's namespace: while the block runs, every model of that
+    architecture in the process sees the per-node function (verification runs one
+    forward at a time)."""
     originals = [parent[key] for parent, key in slots]
     try:
-        for (parent, key), rope in zip(slots, originals):
-            wrapper = _PerNodeEmbedding if isinstance(rope, nn.Embedding) else _PerTokenRoPE
-            parent[key] = wrapper(rope, positions)
+        for (parent, key), original in zip(slots, originals):
+            parent[key] = _per_node(original, positions)
         yield
     finally:
         for (parent, key), rope in zip(slots, originals):

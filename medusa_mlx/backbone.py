@@ -22,6 +22,8 @@ its attribute name or class, and learned position tables) or the tree mask do no
 (``check_tree_verification``).
 """
 
+import inspect
+import sys
 from contextlib import contextmanager
 from typing import Callable, NamedTuple, Optional
 
@@ -225,13 +227,32 @@ def _is_rotary(module: nn.Module) -> bool:
             or name.endswith(("rope", "rotary", "rotaryembedding", "rotaryemb")))
 
 
+def _rotary_functions(backbone: nn.Module) -> list[tuple]:
+    """Module-level rotary functions that take the position ``offset`` themselves:
+    nanochat's attention calls ``apply_rotary_emb(x, offset=cache.offset, ...)``, a
+    function of its model file, with no rotary module to wrap. Slot: (the model
+    file's namespace, the function's name); only functions defined in a file one of
+    the backbone's own classes comes from, named like a rotary function, with an
+    ``offset`` parameter."""
+    slots = []
+    for name in sorted({type(m).__module__ for m in backbone.modules()}):
+        namespace = vars(sys.modules[name]) if name in sys.modules else {}
+        for key, value in sorted(namespace.items()):
+            if (inspect.isfunction(value) and value.__module__ == name
+                    and any(w in key.lower() for w in ("rope", "rotary"))
+                    and "offset" in inspect.signature(value).parameters):
+                slots.append((namespace, key))
+    return slots
+
+
 def position_slots(backbone: nn.Module) -> list[tuple]:
     """Every place (parent, key) that holds a rotary module, outermost ones only
     (a rotary class that wraps ``nn.RoPE`` is wrapped once), whatever the attribute
-    is called, and every learned absolute position table (GPT-2's ``wpe``, which
-    gpt2 and gpt_bigcode look up at ``cache.offset + arange(T)``). Layers without
-    either (NoPE) need no positions."""
-    slots, stack = [], [backbone]
+    is called, every learned absolute position table (GPT-2's ``wpe``, which
+    gpt2 and gpt_bigcode look up at ``cache.offset + arange(T)``), and every
+    module-level rotary function that takes an offset (``_rotary_functions``).
+    Layers without any of these (NoPE) need no positions."""
+    slots, stack = _rotary_functions(backbone), [backbone]
     while stack:
         module = stack.pop()
         items = module.items() if isinstance(module, dict) else enumerate(module)

@@ -4,6 +4,7 @@ one-line refusals at load. tests/test_zoo.py runs the same code over every mlx-l
 architecture; these tests pin the mechanisms down on the ones that need them."""
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from zoo_models import zoo_model
@@ -12,7 +13,7 @@ from medusa_mlx.backbone import (find_body, hidden_and_logits, inspect_backbone,
                                  output_path, position_slots)
 from medusa_mlx.errors import UnsupportedModelError
 from medusa_mlx.heads import HeadsArgs, init_heads
-from medusa_mlx.model import medusa_model
+from medusa_mlx.model import attach_heads, medusa_model
 from tiny_models import tiny_model
 
 TOKENS = mx.array([[1, 5, 9, 17, 33]])
@@ -55,10 +56,49 @@ def test_learned_position_tables_and_rotary_modules_are_found_wherever_they_sit(
     assert len(position_slots(zoo_model("gptj"))) == 2  # partial rotary, one per layer
 
 
+def test_a_module_level_rotary_function_gets_one_position_per_node():
+    """nanochat rotates with its own function ``apply_rotary_emb(x, offset=cache.offset)``
+    called inside attention (no rotary module): the function is wrapped for the one
+    verification forward, and put back afterwards."""
+    from mlx_lm.models import nanochat
+
+    backbone = zoo_model("nanochat")
+    original = nanochat.apply_rotary_emb
+    assert [key for _, key in position_slots(backbone)] == ["apply_rotary_emb"]
+    inspect_backbone(backbone)  # the probe tree reproduces plain decoding
+    assert nanochat.apply_rotary_emb is original
+
+
+class _InlineRotation(nn.Module):
+    """Rotates with ``mx.fast.rope`` itself: neither a rotary class name nor a
+    rotary function the positions hook can find."""
+
+    def __init__(self, dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def __call__(self, x, offset=0):
+        return mx.fast.rope(x, self.dims, traditional=False, base=10000.0, scale=1.0,
+                            offset=offset)
+
+
 def test_positions_the_hooks_cannot_reach_are_refused_in_one_line():
-    """nanochat rotates with mx.fast.rope called inside attention (no module to
-    wrap): the probe tree does not reproduce plain decoding, so it is refused."""
+    backbone = tiny_model("llama")
+    for layer in backbone.model.layers:
+        layer.self_attn.rope = _InlineRotation(layer.self_attn.rope.dims)
     with pytest.raises(UnsupportedModelError) as e:
-        inspect_backbone(zoo_model("nanochat"))
-    assert "'nanochat' is not supported: tree verification" in str(e.value)
+        inspect_backbone(backbone)
+    assert "'llama' is not supported: tree verification does not reproduce" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_phi3small_is_refused_by_name_before_the_probe_runs():
+    """Verifying a tree through phi3small's block-sparse attention segfaults MLX
+    0.32.4 on CPU, so no tiny phi3small is built here: any backbone that says it is
+    one is refused by name, before a tree is verified."""
+    backbone = tiny_model("llama")
+    backbone.model_type = "phi3small"  # what mlx-lm models set from their config
+    with pytest.raises(UnsupportedModelError) as e:
+        attach_heads(backbone, num_heads=2)
+    assert "'phi3small' is not supported: its block-sparse attention" in str(e.value)
+    assert "segmentation fault" in str(e.value) and "\n" not in str(e.value)
