@@ -315,7 +315,7 @@ def configure_parser():
     parser.add_argument("--prompt", default=None, help="prompt text (default: BOS only for base models)")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--tree", default="auto", help="tree preset (chain-1..5, tree-8/16/32/64) or auto: the tree saved with the heads (default)")
-    parser.add_argument("--lookup", action="store_true", help="also draft tree branches from the prompt and the answer so far (prompt lookup; exact)")
+    parser.add_argument("--lookup", action=argparse.BooleanOptionalAction, default=True, help="also draft tree branches from the prompt and the answer so far (prompt lookup; exact; default on)")
     parser.add_argument("--no-heads", action="store_true", help="no Medusa heads: prompt lookup alone (any supported model)")
     parser.add_argument("--no-chat-template", action="store_true", help="send the prompt raw even if the tokenizer has a chat template")
     parser.add_argument("--accept", default=None, choices=["greedy", "typical", "lossless"], help="acceptance rule (default: greedy at --temp 0, else lossless)")

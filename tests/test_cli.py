@@ -63,3 +63,15 @@ def test_dispatcher_runs_a_command_with_its_flags():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert run.stderr == "error: --head-vocab needs --shared-lm-head\n"
+
+
+@pytest.mark.parametrize("module", ["medusa_mlx.chat.cli", "medusa_mlx.server.cli",
+                                    "medusa_mlx.generate"])
+def test_prompt_lookup_is_on_by_default_in_the_apps_and_can_be_turned_off(module):
+    """The benchmark's built-in prompts never ran slower with lookup (README, Prompt
+    lookup), so the apps draft from the text by default; --no-lookup turns it off."""
+    import importlib
+
+    parser = importlib.import_module(module).configure_parser()
+    assert parser.parse_args([]).lookup is True
+    assert parser.parse_args(["--no-lookup"]).lookup is False

@@ -1,7 +1,7 @@
 """``python chat.py`` / ``medusa-chat`` / ``python -m medusa_mlx chat``: parse
 the arguments and start the terminal chat (``ui.run``)."""
 
-from argparse import RawDescriptionHelpFormatter
+from argparse import BooleanOptionalAction, RawDescriptionHelpFormatter
 
 from ..cli import ArgumentParser, run_cli
 from ..errors import UsageError
@@ -31,7 +31,7 @@ def configure_parser():
     parser.add_argument("--accept", default="lossless", choices=["lossless", "typical"], help="how Medusa accepts sampled tokens: lossless (same distribution as plain sampling, default) or typical (faster, not exact)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     parser.add_argument("--no-medusa", action="store_true", help="plain mlx-lm decoding (same display), to compare")
-    parser.add_argument("--lookup", action="store_true", help="also draft from the conversation's own text (prompt lookup; exact, pays when answers copy)")
+    parser.add_argument("--lookup", action=BooleanOptionalAction, default=True, help="also draft from the conversation's own text (prompt lookup; exact; default on: it never slowed the benchmark's built-in prompts and pays when answers copy)")
     parser.add_argument("--no-heads", action="store_true", help="no Medusa heads: prompt lookup alone (any supported model)")
     parser.add_argument("--calibrate", action="store_true", help="measure plain decoding speed at start, so the speed-up shows at once")
     return parser
