@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
+import numpy as np
 
+from .context import DrafterCache
 from .model import MedusaModel
 from .tree import Tree
 
@@ -89,6 +91,60 @@ def branch_candidates(model: MedusaModel, hidden: mx.array, root: int, tree: Tre
         features = x[plan.parent_row[d]]
         out.append(tokens)
     return mx.concatenate(out)
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    """``BranchPlan`` plus, per depth d >= 1, the tree's expanding depth-d nodes
+    (whose drafter entries are appended at that depth) and each one's attention
+    over all the entries appended so far (its ancestors' and its own)."""
+
+    branches: BranchPlan
+    mask_tail: tuple  # per depth d >= 1: (expanding nodes, entries appended so far) bool
+
+
+def context_plan(tree: Tree) -> ContextPlan:
+    branches = branch_plan(tree)
+    by_depth = [[j for j, p in enumerate(tree.paths) if len(p) == d] for d in range(tree.depth + 1)]
+    appended, tails = [], []
+    for d in range(1, tree.depth):
+        appended += [by_depth[d][i] for i in np.array(branches.expand[d]).tolist()]
+        tails.append(mx.array(tree.mask[np.ix_(appended[-len(branches.expand[d]):], appended)]))
+    return ContextPlan(branches, tuple(tails))
+
+
+def context_candidates(model: MedusaModel, cache: DrafterCache, root: int, tree: Tree,
+                       plan: ContextPlan) -> mx.array:
+    """(tree.size,) token of every node from the context drafter, depth by depth:
+    the root's estimated feature gives depth 1; each expanding depth-d node then
+    appends one drafter entry at position ``root position + d - 1`` (input: its
+    parent's output and its own token; attention: the text and its ancestors'
+    entries), whose output gives its children. The entries are dropped after."""
+    drafter, branches = model.heads, plan.branches
+    project = model.head_projection or model.output_path
+    x = cache.catch_up(drafter, model.embed, root)[None]  # (1, H): the root's row
+    prefix = cache.kv.offset
+    tokens, features = mx.array([root]), x
+    out = [tokens]
+    try:
+        for d in range(tree.depth):
+            if d > 0:
+                rows = branches.expand[d]
+                tail = plan.mask_tail[d - 1]
+                mask = mx.concatenate([mx.ones((tail.shape[0], prefix), dtype=mx.bool_), tail],
+                                      axis=1)
+                position = cache.end + d - 1
+                x = drafter(features[rows][None], model.embed(tokens[rows])[None], cache.kv,
+                            positions=mx.full((tail.shape[0],), position), mask=mask)[0]
+            else:
+                rows = mx.array([0])
+            top = _top_tokens(model, project(x), branches.topk[d])
+            tokens = top[branches.parent_row[d], branches.rank[d]]
+            features = x[branches.parent_row[d]]
+            out.append(tokens)
+        return mx.concatenate(out)
+    finally:
+        cache.kv.trim(cache.kv.offset - prefix)  # back to the text's entries
 
 
 def draft_candidates(model: MedusaModel, hidden: mx.array, root: int, tree: Tree,

@@ -18,9 +18,10 @@ import mlx.core as mx
 from .acceptors import GreedyAcceptor
 from .attention import compact_cache, tree_attention
 from .conversation import encode_prompt
-from .draft import branch_plan, draft_candidates, proposed_candidates
+from .context import DrafterCache
+from .draft import branch_plan, context_candidates, context_plan, draft_candidates, proposed_candidates
 from .lookup import ROOT, PromptLookup, make_lookup
-from .model import MedusaModel, as_medusa_model
+from .model import MedusaModel, as_medusa_model, is_context
 from .tree import TreeSpec, tree_for_model
 from .errors import ContextLengthError  # noqa: F401  (raised here; importable from here)
 
@@ -54,14 +55,22 @@ class MedusaStep:
         return self.tree_size == 0
 
 
-def _prefill(model: MedusaModel, prompt: mx.array, cache, step_size: int):
-    """Like mlx-lm: all but the last prompt token in chunks, then the last alone."""
+def _prefill(model: MedusaModel, prompt: mx.array, cache, step_size: int,
+             drafter_cache: Optional[DrafterCache] = None):
+    """Like mlx-lm: all but the last prompt token in chunks, then the last alone.
+    A context drafter's cache also gets every position's feature."""
     while prompt.size > 1:
         n = min(step_size, prompt.size - 1)
-        model.backbone(prompt[:n][None], cache=cache)
+        if drafter_cache is None:
+            model.backbone(prompt[:n][None], cache=cache)
+        else:
+            drafter_cache.append(model.forward(prompt[:n][None], cache)[0][0], prompt[:n].tolist())
         mx.eval([c.state for c in cache])
         prompt = prompt[n:]
-    return model.forward(prompt[None], cache)
+    hidden, logits = model.forward(prompt[None], cache)
+    if drafter_cache is not None:
+        drafter_cache.append(hidden[0], prompt.tolist())
+    return hidden, logits
 
 
 def medusa_generate_step(
@@ -78,13 +87,16 @@ def medusa_generate_step(
     profile: bool = False,
     on_step: Optional[Callable[[MedusaStep], None]] = None,
     lookup: Union[bool, PromptLookup, None] = None,
+    drafter_cache: Optional[DrafterCache] = None,
 ) -> Generator[MedusaStep, None, None]:
     """Yield one MedusaStep per decoding step; at most ``max_tokens`` tokens in
     all, stopping right after the first EOS token. ``on_step`` sees each step
     before it is yielded (the distributed run checks the ranks agree there).
     ``tree="auto"`` uses the tree saved with the heads (see ``tree.saved_tree``).
     ``lookup``: True or a ``PromptLookup`` (kept across calls): also draft branches
-    found in the text itself (``lookup.py``); with no heads, they are all there is."""
+    found in the text itself (``lookup.py``); with no heads, they are all there is.
+    ``drafter_cache``: a context drafter's cache kept beside ``prompt_cache``
+    (``model.make_drafter_cache()``), so a conversation's text stays in it."""
     heads = model.heads is not None or proposer is not None
     tree = tree_for_model(tree, model)
     drafter = make_lookup(lookup)
@@ -104,7 +116,12 @@ def medusa_generate_step(
         return
     tic = time.perf_counter()
     continuing = cache[0].offset > 0  # the prompt extends a conversation in the cache
-    hidden, logits = _prefill(model, prompt, cache, prefill_step_size)
+    contextual = is_context(model.heads) and proposer is None
+    if contextual:
+        drafter_cache = drafter_cache if drafter_cache is not None else model.make_drafter_cache()
+        drafter_cache.align(cache[0].offset)
+    hidden, logits = _prefill(model, prompt, cache, prefill_step_size,
+                              drafter_cache if contextual else None)
     root = acceptor.first_token(logits[0, -1])
     last_hidden = hidden[0, -1]
     history = list(prompt.tolist()) + [root]
@@ -118,6 +135,7 @@ def medusa_generate_step(
 
     mask, depths = mx.array(tree.mask), mx.array(tree.depths)
     plan = branch_plan(tree) if proposer is None and heads and model.heads.args.sequential else None
+    plan = context_plan(tree) if contextual else plan
     while root not in eos and emitted != max_tokens:
         if context is not None and cache[0].offset + tree.depth + 2 > context:
             return
@@ -127,6 +145,8 @@ def medusa_generate_step(
         base = ROOT if drafter is not None and heads and drafter.skip_base(tree.size) else tree
         if base.size == 1:
             candidates = mx.array([root])
+        elif contextual:
+            candidates = context_candidates(model, drafter_cache, root, tree, plan)
         elif proposer is None:
             candidates = draft_candidates(model, last_hidden, root, tree, plan)
         else:
@@ -157,6 +177,9 @@ def medusa_generate_step(
         tokens = _truncate(tokens, eos, max_tokens - emitted)
         # The cache must end up holding the root + every emitted token but the last.
         compact_cache(cache, prefix_len, result.nodes[: len(tokens)])
+        if contextual:  # the drafter learns the verified text: root + accepted nodes
+            drafter_cache.append(hidden[0, mx.array(result.nodes[: len(tokens)])],
+                                 [root] + tokens[:-1])
         last_hidden = hidden[0, result.nodes[len(tokens) - 1]]
         root = tokens[-1]
         history.extend(tokens)

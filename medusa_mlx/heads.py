@@ -28,6 +28,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .context import KIND as CONTEXT_KIND, load_drafter
 from .errors import ConfigError
 from .safe_files import (
     MAX_HIDDEN, MAX_VOCAB, inside, is_int, read_json, read_safetensors_header, regular_file,
@@ -274,8 +275,9 @@ def save_heads(path, heads: MedusaHeads, extra_config: Optional[dict] = None) ->
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_heads(path) -> MedusaHeads:
-    """Read a heads folder written by :func:`save_heads` (or ``convert.py``).
+def load_heads(path):
+    """Read a heads folder written by :func:`save_heads` (or ``convert.py``), or
+    a context drafter's (``"kind": "context"``, see ``context.py``).
 
     The config is checked value by value and the weights file's header against the
     config (names and shapes) before MLX reads anything."""
@@ -285,6 +287,12 @@ def load_heads(path) -> MedusaHeads:
         raise ConfigError(
             f"{path} is not an MLX Medusa heads folder (convert torch heads with convert.py)"
         )
+    if config.get("kind", "medusa") == CONTEXT_KIND:  # an EAGLE-style context drafter
+        return load_drafter(config, regular_file(inside(path, WEIGHTS_FILE, "heads weights"),
+                                                 "heads weights"))
+    if config.get("kind", "medusa") != "medusa":
+        raise ConfigError(f"{path}: unknown heads kind {config['kind']!r:.40} (medusa or "
+                          f"{CONTEXT_KIND})")
     heads = MedusaHeads(HeadsArgs.from_config(config))  # lazy: nothing is computed yet
     if "quantization" in config:
         q = config["quantization"]

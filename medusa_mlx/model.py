@@ -1,7 +1,7 @@
 """MedusaModel: an untouched mlx-lm backbone plus Medusa heads."""
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -9,6 +9,7 @@ import mlx.nn as nn
 from .attention import make_tree_cache
 from .backbone import (BackboneParts, BodyPath, hidden_and_logits, inspect_backbone, is_linear,
                        lm_head_weight, model_type, token_embedding)
+from .context import ContextDrafter, DrafterCache
 from .errors import ConfigError, UnsupportedModelError
 from .heads import HeadsArgs, MedusaHeads, check_head_vocab, init_heads
 
@@ -25,7 +26,7 @@ class MedusaModel:
     """
 
     backbone: nn.Module
-    heads: Optional[MedusaHeads]
+    heads: Optional[Union[MedusaHeads, ContextDrafter]]  # Medusa heads or a context drafter
     body: BodyPath
     output_path: Callable[[mx.array], mx.array]
     position_slots: list  # (parent, key) of every rotary module / position table
@@ -50,6 +51,11 @@ class MedusaModel:
     def make_cache(self):
         return make_tree_cache(self.backbone)
 
+    def make_drafter_cache(self, start: int = 0) -> Optional[DrafterCache]:
+        """The context drafter's own cache (None for other heads): keep it beside
+        the backbone's cache to carry a conversation across calls."""
+        return DrafterCache(start) if is_context(self.heads) else None
+
     def forward(self, tokens: mx.array, cache) -> tuple[mx.array, mx.array]:
         """tokens (1, T) -> (hidden (1, T, H), logits (1, T, V)), one backbone call."""
         return hidden_and_logits(self.backbone, self.body, tokens, cache)
@@ -67,6 +73,11 @@ class MedusaModel:
             raise ValueError("sequential heads see the next token: pass next_token")
         return self.heads(hidden, projection, count, self.embed, next_token[..., None],
                           self.head_vocab)
+
+
+def is_context(heads) -> bool:
+    """An EAGLE-style context drafter (``context.py``) rather than Medusa heads."""
+    return isinstance(heads, ContextDrafter)
 
 
 def medusa_model(backbone: nn.Module, heads: Optional[MedusaHeads]) -> MedusaModel:
@@ -95,7 +106,7 @@ def _assemble(backbone: nn.Module, heads: Optional[MedusaHeads],
         raise ConfigError(f"heads predict {heads.args.vocab_size} tokens, the backbone {vocab}")
     head_vocab, head_projection = _head_vocab_projection(heads, project, hidden, vocab)
     embed = token_embedding(backbone, body, vocab)
-    if heads.args.sequential and embed is None:
+    if (heads.args.sequential or is_context(heads)) and embed is None:
         raise UnsupportedModelError(
             f"architecture '{model_type(backbone)}' has no token embedding for sequential heads"
         )
