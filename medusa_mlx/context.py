@@ -166,13 +166,8 @@ class ContextDrafter(nn.Module):
             return rope(x, positions)
         return rope(x.swapaxes(0, 2), positions).swapaxes(0, 2)
 
-    def __call__(self, features: mx.array, embeddings: mx.array,
-                 cache: Optional[KVCache] = None, positions=0,
-                 mask=None) -> mx.array:
-        """features, embeddings (B, T, H) -> predicted next features (B, T, H).
-        ``cache``: the drafter's own KVCache (extended by T entries). ``mask``:
-        None for causal attention over the cache and the T new entries, or a
-        (T, cached + T) boolean array."""
+    def attention_inputs(self, features: mx.array, embeddings: mx.array, positions=0):
+        """-> (residual x, queries, keys, values), rotated, (B, heads, T, D)."""
         B, T, _ = features.shape
         x = self.fuse(mx.concatenate([features, embeddings.astype(features.dtype)], axis=-1))
         h = self.attention_norm(x)
@@ -180,17 +175,31 @@ class ContextDrafter(nn.Module):
         q = self.q_proj(h).reshape(B, T, heads, -1).transpose(0, 2, 1, 3)
         k = self.k_proj(h).reshape(B, T, kv, -1).transpose(0, 2, 1, 3)
         v = self.v_proj(h).reshape(B, T, kv, -1).transpose(0, 2, 1, 3)
-        q, k = self._rotate(q, positions), self._rotate(k, positions)
-        if cache is not None:
-            k, v = cache.update_and_fetch(k, v)
-        if mask is None:
-            mask = "causal" if T > 1 else None
+        return x, self._rotate(q, positions), self._rotate(k, positions), v
+
+    def attend(self, x: mx.array, q: mx.array, k: mx.array, v: mx.array, mask) -> mx.array:
+        """Attention over (k, v) under ``mask``, then the MLP: the output features."""
+        B, _, T, _ = q.shape
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5,
                                                    mask=mask)
         x = x + self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
         h = self.mlp_norm(x)
         x = x + self.down_proj(nn.silu(self.gate_proj(h)) * self.up_proj(h))
         return self.norm(x)
+
+    def __call__(self, features: mx.array, embeddings: mx.array,
+                 cache: Optional[KVCache] = None, positions=0,
+                 mask=None) -> mx.array:
+        """features, embeddings (B, T, H) -> predicted next features (B, T, H).
+        ``cache``: the drafter's own KVCache (extended by T entries). ``mask``:
+        None for causal attention over the cache and the T new entries, or a
+        (T, cached + T) boolean array."""
+        x, q, k, v = self.attention_inputs(features, embeddings, positions)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        if mask is None:
+            mask = "causal" if q.shape[2] > 1 else None
+        return self.attend(x, q, k, v, mask)
 
 
 def init_drafter(args: DrafterArgs, seed: int = 0) -> ContextDrafter:

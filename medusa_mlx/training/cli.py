@@ -38,6 +38,14 @@ def configure_parser() -> ArgumentParser:
                    help="training-only files: every record trains and the held-out split "
                         "still comes from --data alone, so adding data keeps it unchanged")
     p.add_argument("--out", required=True, help="output heads folder")
+    p.add_argument("--kind", default="medusa", choices=["medusa", "context"],
+                   help="medusa: Medusa heads on h_t; context: an EAGLE-style context drafter "
+                        "(one decoder layer over the text; trains on --answers)")
+    p.add_argument("--window", type=int, default=256,
+                   help="--kind context: positions per training window")
+    p.add_argument("--unroll", type=int, default=1,
+                   help="--kind context: training-time test passes (the drafter fed its own "
+                        "outputs, as deeper tree nodes are at decoding; 1: EAGLE-1)")
     p.add_argument("--mode", default="auto", choices=["auto", "generate", "text"],
                    help="generate: the base model answers/continues every record; "
                         "text: teacher forcing on the text itself")
@@ -126,17 +134,21 @@ def _main(argv):
     args = configure_parser().parse_args(argv)
     if not args.data and not args.answers:
         raise UsageError("give training data: --data FILE... and/or --answers STORE...")
-    if args.head_vocab and not args.shared_lm_head:
+    if args.head_vocab and not args.shared_lm_head and args.kind == "medusa":
         raise UsageError("--head-vocab needs --shared-lm-head")
     if args.loss_vocab == "head" and not args.head_vocab:
         raise UsageError("--loss-vocab head needs --head-vocab N")
-    if args.held_out <= 0 and args.tree == "measure":
+    if args.held_out <= 0 and args.tree == "measure" and args.kind == "medusa":
         raise UsageError("--tree measure needs held-out data (--held-out > 0), "
                          "or pass --tree PRESET / none")
     console = Console()
     tic = time.perf_counter()
     mx.random.seed(args.seed)
     backbone, tokenizer, _ = load_backbone(args.model)
+    if args.kind == "context":
+        from .context_cli import run
+
+        return run(args, backbone, console, argv)
     _, lm_head = split_backbone(backbone)
     data_config = DataConfig(files=args.data, mode=args.mode, held_out=args.held_out,
                              prompt_tokens=args.prompt_tokens,

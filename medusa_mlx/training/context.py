@@ -1,0 +1,317 @@
+"""Train a context drafter (``medusa_mlx/context.py``) on self-distilled text.
+
+    python -m medusa_mlx.train --kind context --model smollm2 \\
+        --answers data/distilled/smollm2 --out drafters/smollm2
+
+Unlike Medusa heads, the drafter attends over the text, so its training data
+is whole sequences, not independent positions: the backbone runs once over
+every answer (prompt included) and its features, tokens and own argmax
+predictions are cached per sequence (``SequenceFeatures``, an .npz under the
+cache folder). The loop then never runs the backbone.
+
+Loss (EAGLE-1): the drafter reads [f_t ; e(x_{t+1})] causally and outputs g_t;
+``feature_weight`` x smooth-L1(g_t, f_{t+1}) + ``token_weight`` x cross-entropy
+of the backbone's output projection on g_t (over the head vocabulary) against
+the base model's own next token after x_{t+1}. Only positions the drafter
+drafts from at decoding count (the answer: t >= the last prompt position).
+With ``unroll`` > 1, training-time test (EAGLE-3): pass k feeds the drafter
+its own pass-(k-1) outputs as features, as deeper tree nodes see at decoding.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from ..backbone import find_body, hidden_and_logits
+from ..context import ContextDrafter, load_drafter, save_drafter
+
+IGNORE = -1
+
+
+@dataclass
+class SequenceFeatures:
+    """Every sequence's backbone features, concatenated; sequence i is rows
+    ``offsets[i]:offsets[i+1]``, its answer labels start at ``starts[i]``."""
+
+    hidden: np.ndarray  # (N, H) float16
+    tokens: np.ndarray  # (N,) int32
+    predicted: np.ndarray  # (N,) int32: the base model's argmax after each position
+    offsets: np.ndarray  # (S + 1,) int64
+    starts: np.ndarray  # (S,) int32
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def positions(self) -> int:
+        """Positions trained on (answer positions with a next feature)."""
+        lengths = np.diff(self.offsets)
+        return int(np.maximum(lengths - 1 - self.starts, 0).sum())
+
+
+def sequence_features(model, sequences: list, batch_size: int = 8,
+                      progress=None) -> SequenceFeatures:
+    """One backbone call per batch of (tokens, start) sequences, shortest first
+    (right padding never changes earlier positions of a causal model)."""
+    body = find_body(model)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+    parts: dict = {}
+    for b in range(0, len(order), batch_size):
+        batch = order[b: b + batch_size]
+        width = max(len(sequences[i][0]) for i in batch)
+        ids = np.zeros((len(batch), width), dtype=np.int32)
+        for r, i in enumerate(batch):
+            ids[r, : len(sequences[i][0])] = sequences[i][0]
+        hidden, logits = hidden_and_logits(model, body, mx.array(ids))
+        predicted = mx.argmax(logits, axis=-1)
+        mx.eval(hidden, predicted)
+        hidden, predicted = np.array(hidden.astype(mx.float16)), np.array(predicted)
+        for r, i in enumerate(batch):
+            T = len(sequences[i][0])
+            parts[i] = (hidden[r, :T], ids[r, :T], predicted[r, :T].astype(np.int32))
+        if progress is not None:
+            progress(len(batch))
+    lengths = [len(s[0]) for s in sequences]
+    return SequenceFeatures(np.concatenate([parts[i][0] for i in range(len(sequences))]),
+                            np.concatenate([parts[i][1] for i in range(len(sequences))]),
+                            np.concatenate([parts[i][2] for i in range(len(sequences))]),
+                            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                            np.array([s[1] for s in sequences], dtype=np.int32))
+
+
+def save_sequence_features(path: Path, data: SequenceFeatures) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, hidden=data.hidden, tokens=data.tokens, predicted=data.predicted,
+             offsets=data.offsets, starts=data.starts)
+    tmp.replace(path)
+
+
+def load_sequence_features(path: Path) -> SequenceFeatures:
+    with np.load(path) as f:
+        return SequenceFeatures(f["hidden"], f["tokens"], f["predicted"], f["offsets"],
+                                f["starts"])
+
+
+def answer_sequence_features(model, model_spec: str, files: list, max_seq_len: int,
+                             cache_root, held_out: bool, max_sequences: Optional[int] = None,
+                             log=print) -> Optional[SequenceFeatures]:
+    """Cached features of the answers in ``files`` (training or held-out split,
+    ``prompt_sets.training_rows``), keyed by the model, the files' bytes and the
+    selection, so the backbone runs once per set of files."""
+    from .prompt_sets import read_answers, training_rows
+
+    digest = hashlib.sha256(f"{model_spec}|{max_seq_len}|{held_out}|{max_sequences}".encode())
+    for f in files:
+        digest.update(hashlib.sha256(Path(f).read_bytes()).digest())
+    path = Path(cache_root) / f"context-{digest.hexdigest()[:16]}.npz"
+    if path.exists():
+        data = load_sequence_features(path)
+        log(f"context features: {len(data)} sequences from cache {path}")
+        return data
+    rows = list(training_rows(read_answers(files), max_seq_len, held_out=held_out))
+    if max_sequences is not None and len(rows) > max_sequences:
+        pick = np.random.default_rng(0).choice(len(rows), max_sequences, replace=False)
+        rows = [rows[i] for i in sorted(pick)]
+    if not rows:
+        return None
+    data = sequence_features(model, rows)
+    save_sequence_features(path, data)
+    log(f"context features: {len(data)} sequences, {data.positions} positions -> {path}")
+    return data
+
+
+# ---------------------------------------------------------------------------
+# batches and loss
+
+
+def window_batch(data: SequenceFeatures, rows: np.ndarray, window: int, rng) -> tuple:
+    """(features, tokens, targets, mask) of shape (B, W) for sequences ``rows``:
+    one window of up to ``window`` positions each, placed to cover answer
+    positions (padding is masked out)."""
+    B = len(rows)
+    lengths = data.offsets[rows + 1] - data.offsets[rows]
+    W = int(min(window, lengths.max()))
+    H = data.hidden.shape[1]
+    feats = np.zeros((B, W, H), np.float16)
+    tokens = np.zeros((B, W), np.int32)
+    targets = np.full((B, W), IGNORE, np.int32)
+    mask = np.zeros((B, W), bool)
+    for r, i in enumerate(rows):
+        T, start = int(lengths[r]), int(data.starts[i])
+        low = max(0, min(start - W // 4, T - W))
+        first = int(rng.integers(low, max(low, T - W) + 1))
+        n = min(W, T - first)
+        o = int(data.offsets[i]) + first
+        feats[r, :n] = data.hidden[o: o + n]
+        tokens[r, :n] = data.tokens[o: o + n]
+        targets[r, :n] = data.predicted[o: o + n]
+        t = np.arange(first, first + n)
+        mask[r, :n] = t >= start
+    return feats, tokens, targets, mask
+
+
+def unroll_masks(width: int, passes: int) -> list:
+    """Pass p's attention (p = 0 .. passes-1) over the keys of passes 0..p, each
+    ``width`` long: its entry at t sees what a depth-(p+1) node at decoding
+    sees, i.e. the true entries before t - p and one entry of each earlier pass
+    on its own path (pass q's at t - p + q), its own included."""
+    t = np.arange(width)[:, None]
+    j = np.arange(width)[None, :]
+    masks = []
+    for p in range(passes):
+        blocks = [j <= t - p] + [j == t - p + q for q in range(1, p + 1)]
+        masks.append(mx.array(np.concatenate(blocks, axis=1)))
+    return masks
+
+
+def drafter_loss(drafter: ContextDrafter, weight: mx.array, embed: Callable, feats: mx.array,
+                 tokens: mx.array, targets: mx.array, mask: mx.array, feature_weight: float,
+                 token_weight: float, unroll: int = 1):
+    """Position t (0 .. W-2): input [f_t ; e(x_{t+1})] -> g_t, compared with
+    f_{t+1} and scored against the base model's token after x_{t+1}
+    (``targets[t+1]``, a slot of the head vocabulary ``weight`` rows, IGNORE
+    outside it). Pass p > 0 (training-time test) feeds g of pass p-1 at t-1 as
+    the feature at t, attending as ``unroll_masks`` says. Returns (loss,
+    [(top-1 correct, counted)] per pass)."""
+    W = feats.shape[1] - 1
+    true_next, labels = feats[:, 1:].astype(mx.float32), targets[:, 1:]
+    nxt = embed(tokens[:, 1:])
+    inputs = feats[:, :-1]
+    masks = unroll_masks(W, unroll)
+    keys, values, total, stats = [], [], mx.array(0.0), []
+    for p in range(unroll):
+        x, q, k, v = drafter.attention_inputs(inputs, nxt)
+        keys.append(k)
+        values.append(v)
+        g = drafter.attend(x, q, mx.concatenate(keys, axis=2), mx.concatenate(values, axis=2),
+                           masks[p])
+        # Pass p's position t stands for a depth-(p+1) node: it needs p earlier positions.
+        valid = mask[:, :-1] & (mx.arange(W) >= p)[None]
+        counted = valid & (labels >= 0)
+        diff = mx.abs(g.astype(mx.float32) - true_next)
+        smooth = mx.where(diff < 1.0, 0.5 * diff * diff, diff - 0.5).mean(axis=-1)
+        logits = g @ weight.T
+        ce = nn.losses.cross_entropy(logits, mx.maximum(labels, 0), reduction="none")
+        total = total + (feature_weight * (smooth * valid).sum() / mx.maximum(valid.sum(), 1)
+                         + token_weight * (ce * counted).sum()
+                         / mx.maximum(counted.sum(), 1)) / unroll
+        stats.append((((mx.argmax(logits, axis=-1) == labels) & counted).sum(), counted.sum()))
+        # The next pass's feature at t is this pass's estimate made at t - 1.
+        inputs = mx.concatenate([mx.zeros_like(g[:, :1]), g[:, :-1]], axis=1).astype(feats.dtype)
+    return total, stats
+
+
+# ---------------------------------------------------------------------------
+# training loop
+
+
+@dataclass
+class ContextTrainConfig:
+    steps: int = 2000
+    batch_size: int = 16  # windows per step
+    window: int = 256  # positions per window
+    learning_rate: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    feature_weight: float = 1.0  # EAGLE: smooth-L1 on features ...
+    token_weight: float = 0.1  # ... plus 0.1 x token cross-entropy
+    unroll: int = 1  # training-time test passes (1: EAGLE-1)
+    checkpoint_every: int = 200
+    seed: int = 0
+
+
+def make_optimizer(config: ContextTrainConfig) -> optim.Optimizer:
+    schedule = optim.join_schedules(
+        [optim.linear_schedule(1e-7, config.learning_rate, max(config.warmup_steps, 1)),
+         optim.cosine_decay(config.learning_rate, max(config.steps - config.warmup_steps, 1),
+                            config.learning_rate * 0.1)],
+        [max(config.warmup_steps, 1)])
+    return optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+
+
+CHECKPOINTS = "checkpoints"
+
+
+def save_checkpoint(out_dir: Path, drafter: ContextDrafter, optimizer, step: int) -> None:
+    path = Path(out_dir) / CHECKPOINTS / f"step-{step:06d}"
+    save_drafter(path, drafter)
+    mx.save_safetensors(str(path / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+    (path / "trainer.json").write_text(json.dumps({"step": step}) + "\n")
+
+
+def resume_checkpoint(out_dir: Path, drafter: ContextDrafter, optimizer) -> int:
+    """Restore the latest complete checkpoint in place; the step reached (0: none)."""
+    found = [p for p in sorted((Path(out_dir) / CHECKPOINTS).glob("step-*"))
+             if (p / "trainer.json").exists()]
+    if not found:
+        return 0
+    config = json.loads((found[-1] / "config.json").read_text())
+    drafter.update(load_drafter(config, found[-1] / "model.safetensors").parameters())
+    optimizer.init(drafter.trainable_parameters())
+    state = mx.load(str(found[-1] / "optimizer.safetensors"))
+    optimizer.state = tree_unflatten(list(state.items()))
+    mx.eval(drafter.parameters(), optimizer.state)
+    return json.loads((found[-1] / "trainer.json").read_text())["step"]
+
+
+def train_drafter(drafter: ContextDrafter, weight: mx.array, embed: Callable,
+                  data: SequenceFeatures, slots: np.ndarray, config: ContextTrainConfig,
+                  out_dir: Optional[Path] = None, resume: bool = False, log=print) -> list:
+    """Adam on ``drafter`` only (backbone frozen; ``weight``: the output
+    projection's head-vocabulary rows, ``slots``: token id -> row, IGNORE when
+    absent). Step i's windows depend only on (seed, i), so a resumed run repeats
+    exactly what an uninterrupted one does. Returns per-step logs."""
+    optimizer = make_optimizer(config)
+    start = resume_checkpoint(out_dir, drafter, optimizer) if resume and out_dir else 0
+
+    def loss_fn(model, feats, tokens, targets, mask):
+        return drafter_loss(model, weight, embed, feats, tokens, targets, mask,
+                            config.feature_weight, config.token_weight, config.unroll)
+
+    step_fn = nn.value_and_grad(drafter, loss_fn)
+    history = []
+    for step in range(start, config.steps):
+        rng = np.random.default_rng([config.seed, step])
+        rows = rng.choice(len(data), size=min(config.batch_size, len(data)), replace=False)
+        feats, tokens, targets, mask = window_batch(data, rows, config.window, rng)
+        targets = np.where(targets >= 0, slots[np.maximum(targets, 0)], IGNORE)
+        (loss, stats), grads = step_fn(drafter, mx.array(feats), mx.array(tokens),
+                                       mx.array(targets), mx.array(mask))
+        optimizer.update(drafter, grads)
+        mx.eval(drafter.parameters(), optimizer.state, loss, stats)
+        top1 = [float(c.item()) / max(float(n.item()), 1.0) for c, n in stats]
+        history.append({"step": step + 1, "loss": float(loss.item()), "top1": top1})
+        if (step + 1) % 50 == 0 or step + 1 == config.steps:
+            log(f"step {step + 1}/{config.steps}  loss {loss.item():.4f}  top-1 per pass "
+                + " ".join(f"{t:.3f}" for t in top1))
+        if out_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+            save_checkpoint(out_dir, drafter, optimizer, step + 1)
+    return history
+
+
+def held_out_accuracy(drafter: ContextDrafter, weight: mx.array, embed: Callable,
+                      data: SequenceFeatures, slots: np.ndarray, passes: int = 3,
+                      window: int = 256, batches: int = 8) -> list:
+    """Top-1 per drafting depth on held-out sequences (depth d: the drafter fed
+    its own estimates d-1 times, as ``drafter_loss`` trains it)."""
+    rng = np.random.default_rng(1234)
+    correct, counted = np.zeros(passes), np.zeros(passes)
+    for b in range(batches):
+        rows = rng.choice(len(data), size=min(16, len(data)), replace=False)
+        feats, tokens, targets, mask = window_batch(data, rows, window, rng)
+        targets = np.where(targets >= 0, slots[np.maximum(targets, 0)], IGNORE)
+        _, stats = drafter_loss(drafter, weight, embed, mx.array(feats), mx.array(tokens),
+                                mx.array(targets), mx.array(mask), 1.0, 1.0, passes)
+        for p, (c, n) in enumerate(stats):
+            correct[p] += c.item()
+            counted[p] += n.item()
+    return (correct / np.maximum(counted, 1)).tolist()
