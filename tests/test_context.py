@@ -1,0 +1,129 @@
+"""The context drafter (EAGLE-style heads, issue #20) does all that heads do.
+
+A random drafter accepts almost nothing, which would leave compaction, deep
+acceptance and non-first branches untested; so each tiny model gets a drafter
+fitted in-process (a few hundred milliseconds of Adam) to its own greedy
+continuations of a few random prompts. Decoding from those prompts then
+accepts at several depths, rejects, and goes down non-first branches, while a
+prompt it never saw exercises the mostly-wrong drafter.
+"""
+
+import medusa_mlx  # noqa: F401  (first: preloads OpenBLAS before mlx is imported)
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from mlx_lm.generate import generate_step
+from mlx_lm.models.cache import KVCache
+
+from medusa_mlx.acceptors import GreedyAcceptor
+from medusa_mlx.context import drafter_args_for, init_drafter
+from medusa_mlx.generate import medusa_generate_step
+from medusa_mlx.model import medusa_model
+from medusa_mlx.tree import tree_from_spec
+from tiny_models import greedy_sequences, tiny_model
+from zoo_models import zoo_model
+
+PROMPT = [1, 5, 9, 17, 33, 2, 64]  # never seen by the fitted drafters
+TREES = ("chain-3", "tree-16", "tree-64")
+NEW_TOKENS = 72
+
+
+def backbone_of(arch: str) -> nn.Module:
+    """tiny_models' architectures, else a zoo model (partial rotary, odd layouts)."""
+    try:
+        return tiny_model(arch)
+    except KeyError:
+        return zoo_model(arch)
+
+
+def fit_drafter(backbone: nn.Module, steps: int = 60, sequences: int = 4, seed: int = 0):
+    """A MedusaModel whose context drafter was fitted (EAGLE-1 loss plus one
+    unrolled step) to the backbone's greedy continuations of ``sequences``
+    random prompts; returns it with those prompts (most varied continuation
+    first). Loss: cross-entropy of the
+    output path on g_t against the base model's token after x_{t+1}, smooth-L1
+    of g_t to f_{t+1}, and the same cross-entropy one depth further with g_t
+    fed back as the feature (what drafting at depth 2 sees)."""
+    model = medusa_model(backbone, init_drafter(drafter_args_for(
+        64, backbone.args.vocab_size, backbone.args), seed=seed))
+    data = greedy_sequences(backbone, sequences, new_tokens=60, seed=seed)
+    tokens = mx.array([s.tokens for s in data])
+    features, logits = model.forward(tokens, None)
+    targets = mx.argmax(logits, axis=-1)  # the base model's next token everywhere
+    embeddings = model.embed(tokens)
+    mx.eval(features, targets, embeddings)
+
+    def loss(drafter):
+        g = drafter(features[:, :-1], embeddings[:, 1:])
+        first = nn.losses.cross_entropy(model.output_path(g), targets[:, 1:]).mean()
+        regress = nn.losses.smooth_l1_loss(g, features[:, 1:], reduction="mean")
+        g2 = drafter(g[:, :-1], embeddings[:, 2:])
+        second = nn.losses.cross_entropy(model.output_path(g2), targets[:, 2:]).mean()
+        return first + regress + second
+
+    optimizer = optim.Adam(learning_rate=1e-2)
+    step = nn.value_and_grad(model.heads, loss)
+    for _ in range(steps):
+        _, grads = step(model.heads)
+        optimizer.update(model.heads, grads)
+        mx.eval(model.heads.parameters(), optimizer.state)
+    varied = sorted(data, key=lambda s: -len(set(s.tokens[4:])))  # most varied first
+    return model, [s.tokens[:4] for s in varied]
+
+
+class RecordingAcceptor(GreedyAcceptor):
+    """Greedy, remembering every step's tree and accepted nodes."""
+
+    def __init__(self):
+        self.steps = []
+
+    def accept(self, tree, candidates, logits):
+        result = super().accept(tree, candidates, logits)
+        self.steps.append((tree, result.nodes))
+        return result
+
+
+def off_first_branch(acceptor: RecordingAcceptor) -> int:
+    """Steps whose accepted path leaves the first branch (a rank > 0 on it)."""
+    return sum(any(any(tree.paths[n]) for n in nodes) for tree, nodes in acceptor.steps)
+
+
+def plain_greedy(backbone, prompt, n):
+    return [t for t, _ in generate_step(mx.array(prompt), backbone, max_tokens=n)]
+
+
+def run(model, prompt, n, **kwargs):
+    steps = list(medusa_generate_step(prompt, model, max_tokens=n, **kwargs))
+    return [t for s in steps for t in s.tokens], steps[1:]
+
+
+@pytest.fixture(scope="module")
+def fitted_llama():
+    return fit_drafter(tiny_model("llama"))
+
+
+# ---------------------------------------------------------------- greedy exactness
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma", "phi3", "gptj", "nanochat"])
+def test_greedy_token_identical_and_accepting(arch):
+    backbone = backbone_of(arch)
+    model, seen = fit_drafter(backbone)
+    accepted, rejected, off_first = [], 0, 0
+    for prompt in (seen[0], PROMPT):
+        ref = plain_greedy(backbone, prompt, NEW_TOKENS)
+        assert len(set(ref)) > 3, f"{arch}: degenerate reference, the test would be weak"
+        for tree in TREES:
+            acceptor = RecordingAcceptor()
+            out, steps = run(model, prompt, NEW_TOKENS, tree=tree, acceptor=acceptor)
+            assert out == ref, f"{arch} {tree}: differs from mlx-lm greedy"
+            depth = tree_from_spec(tree, model.num_heads).depth
+            accepted += [s.accepted for s in steps]
+            rejected += sum(s.accepted < depth for s in steps[:-1])
+            if tree == "tree-16":
+                off_first += off_first_branch(acceptor)
+    assert max(accepted) >= 2 and rejected > 0, f"{arch}: accepted {np.bincount(accepted)}"
+    assert off_first > 0, f"{arch}: never accepted down a non-first branch of tree-16"
