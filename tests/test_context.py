@@ -127,3 +127,39 @@ def test_greedy_token_identical_and_accepting(arch):
                 off_first += off_first_branch(acceptor)
     assert max(accepted) >= 2 and rejected > 0, f"{arch}: accepted {np.bincount(accepted)}"
     assert off_first > 0, f"{arch}: never accepted down a non-first branch of tree-16"
+
+
+# ---------------------------------------------------------------- the drafter's cache
+
+
+def assert_fresh(model, drafter_cache, text):
+    """``drafter_cache`` after decoding ``text`` (everything the backbone cache
+    holds) equals a from-scratch recomputation: the backbone's features of the
+    whole text in one forward, then one causal drafter pass from its start."""
+    start, n = drafter_cache.start, drafter_cache.kv.offset
+    assert drafter_cache.tokens == text[start:] and drafter_cache.end == len(text)
+    features, _ = model.forward(mx.array(text)[None], None)
+    kv = KVCache()
+    model.heads(features[:, start:start + n], model.embed(mx.array(text[start + 1:start + n + 1]))[None],
+                kv, positions=start)
+    assert np.abs(np.array(drafter_cache.features) - np.array(features[0, start:])).max() <= 1e-4
+    for got, want in ((drafter_cache.kv.keys, kv.keys), (drafter_cache.kv.values, kv.values)):
+        assert np.abs(np.array(got[..., :n, :]) - np.array(want[..., :n, :])).max() <= 1e-4
+
+
+def test_drafter_cache_equals_recomputation_after_compaction(fitted_llama):
+    model, seen = fitted_llama
+    prompt = seen[0]
+    ref = plain_greedy(model.backbone, prompt, 100)
+    cache, drafter_cache, acceptor = model.make_cache(), model.make_drafter_cache(), RecordingAcceptor()
+    out, steps = run(model, prompt, 60, tree="tree-64", prompt_cache=cache,
+                     drafter_cache=drafter_cache, acceptor=acceptor)
+    assert out == ref[:60] and off_first_branch(acceptor) > 0 and max(s.accepted for s in steps) >= 3
+    text = prompt + out[:-1]  # the last emitted token is never cached
+    assert cache[0].offset == len(text) and drafter_cache.kv.offset >= len(text) - 6
+    assert_fresh(model, drafter_cache, text)
+    # The next call continues from both caches: still exact, still fresh.
+    more, _ = run(model, [out[-1]], 40, tree="tree-16", prompt_cache=cache,
+                  drafter_cache=drafter_cache)
+    assert more == ref[60:100]
+    assert_fresh(model, drafter_cache, text + [out[-1]] + more[:-1])
