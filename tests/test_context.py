@@ -10,6 +10,9 @@ prompt it never saw exercises the mostly-wrong drafter.
 
 import medusa_mlx  # noqa: F401  (first: preloads OpenBLAS before mlx is imported)
 
+import threading
+import time
+
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -19,10 +22,17 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import KVCache
 
 from medusa_mlx.acceptors import GreedyAcceptor
+from medusa_mlx.backbone import inspect_backbone
 from medusa_mlx.context import drafter_args_for, init_drafter
+from medusa_mlx.chat.session import ChatSession
 from medusa_mlx.generate import medusa_generate_step
+from medusa_mlx.loaders.llama2c import load_llama2c, load_llama2c_tokenizer
 from medusa_mlx.model import medusa_model
+from medusa_mlx.server.requests import GenerationRequest
+from medusa_mlx.server.worker import Failed, Finished, Job, Worker
 from medusa_mlx.tree import tree_from_spec
+from required_data import require_file
+from test_chat import TEMPLATE
 from tiny_models import greedy_sequences, tiny_model
 from zoo_models import zoo_model
 
@@ -47,8 +57,9 @@ def fit_drafter(backbone: nn.Module, steps: int = 60, sequences: int = 4, seed: 
     output path on g_t against the base model's token after x_{t+1}, smooth-L1
     of g_t to f_{t+1}, and the same cross-entropy one depth further with g_t
     fed back as the feature (what drafting at depth 2 sees)."""
+    parts = inspect_backbone(backbone)
     model = medusa_model(backbone, init_drafter(drafter_args_for(
-        64, backbone.args.vocab_size, backbone.args), seed=seed))
+        parts.hidden_size, parts.vocab_size, backbone.args), seed=seed))
     data = greedy_sequences(backbone, sequences, new_tokens=60, seed=seed)
     tokens = mx.array([s.tokens for s in data])
     features, logits = model.forward(tokens, None)
@@ -163,3 +174,79 @@ def test_drafter_cache_equals_recomputation_after_compaction(fitted_llama):
                   drafter_cache=drafter_cache)
     assert more == ref[60:100]
     assert_fresh(model, drafter_cache, text + [out[-1]] + more[:-1])
+
+
+@pytest.fixture(scope="module")
+def stories(shared_dir):
+    """stories260K with a fitted drafter, its plain tokenizer and a templated one."""
+    path = require_file(shared_dir / "data" / "stories260K.bin")
+    backbone, tokenizer = load_llama2c(path)
+    templated = load_llama2c_tokenizer(path.with_name("tok512.model"))
+    templated.chat_template = TEMPLATE
+    return fit_drafter(backbone)[0], tokenizer, templated
+
+
+def test_chat_turns_keep_the_drafter_cache_fresh_and_answers_exact(stories):
+    model, _, templated = stories
+    questions = ["Once upon a time, a girl named Lily found a big red ball.", "The dog was happy.",
+                 "They went home."]
+    s = ChatSession(model, templated, max_tokens=40)
+    plain = ChatSession(model, templated, max_tokens=40, medusa=False)
+    for question in questions[:2]:
+        s.ask(question)
+        plain.ask(question)
+        assert s.cached == plain.cached  # greedy: the same answers, the same text
+        assert s.conversation.drafter.start == 0
+        assert_fresh(model, s.conversation.drafter, s.cached)
+    # A plain turn in between: the drafter knows nothing of it and starts again
+    # after it (still consistent); the next Medusa turn is exact.
+    assert "plain" in s.command("/medusa off").text
+    s.ask(questions[2])
+    s.command("/medusa on")
+    s.ask("The end.")
+    plain.ask(questions[2])
+    plain.ask("The end.")
+    assert s.cached == plain.cached and s.conversation.drafter.start > 0
+    assert_fresh(model, s.conversation.drafter, s.cached)
+    s.command("/reset")
+    assert s.conversation.drafter.end == 0
+
+
+def test_server_conversation_keeps_the_drafter_cache_fresh(stories):
+    """Two requests of one conversation through the worker (in this process, on
+    this thread, as the server runs it): the second reuses the first's caches."""
+    model, tokenizer, _ = stories
+    worker = Worker(model, tokenizer)
+    first = [1] + tokenizer.encode("Once upon a time")
+    answer = plain_greedy(model.backbone, first, 30)
+    second = first + answer[:12] + [13, 45]  # an edited answer: the caches are cut back
+    finished, seen = [], []
+
+    def request(prompt):
+        job = Job(GenerationRequest("text", prompt, 30, 0.0, 0.0, 0, 0.0, "greedy"))
+        worker.submit(job)
+        events = [job.events.get(timeout=120)]
+        while not isinstance(events[-1], (Finished, Failed)):
+            events.append(job.events.get(timeout=120))
+        finished.append(events[-1])
+        seen.append(list(worker.pool.idle[-1].tokens))
+
+    def client():  # no MLX work off the worker's thread
+        try:
+            while not worker.healthy:
+                time.sleep(0.01)
+            request(first)
+            request(second)
+        finally:
+            worker.stop()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    worker.run()
+    thread.join()
+    assert [type(f) for f in finished] == [Finished, Finished], finished
+    assert seen[0] == first + answer[:-1]
+    assert finished[1].cached_tokens == len(first) + 12
+    conversation = worker.pool.idle[-1]
+    assert conversation.tokens == second + plain_greedy(model.backbone, second, 30)[:-1]
+    assert_fresh(model, conversation.drafter, conversation.tokens)
