@@ -21,10 +21,12 @@ import pytest
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import KVCache
 
-from medusa_mlx.acceptors import GreedyAcceptor
+from medusa_mlx.acceptors import GreedyAcceptor, LosslessAcceptor, make_acceptor
+from medusa_mlx.attention import tree_attention
 from medusa_mlx.backbone import inspect_backbone
 from medusa_mlx.context import drafter_args_for, init_drafter
 from medusa_mlx.chat.session import ChatSession
+from medusa_mlx.draft import context_candidates, context_plan
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.loaders.llama2c import load_llama2c, load_llama2c_tokenizer
 from medusa_mlx.model import medusa_model
@@ -32,6 +34,7 @@ from medusa_mlx.server.requests import GenerationRequest
 from medusa_mlx.server.worker import Failed, Finished, Job, Worker
 from medusa_mlx.tree import tree_from_spec
 from required_data import require_file
+from test_acceptors import SETTINGS, chi_square, complete, exact_distribution
 from test_chat import TEMPLATE
 from tiny_models import greedy_sequences, tiny_model
 from zoo_models import zoo_model
@@ -250,3 +253,61 @@ def test_server_conversation_keeps_the_drafter_cache_fresh(stories):
     conversation = worker.pool.idle[-1]
     assert conversation.tokens == second + plain_greedy(model.backbone, second, 30)[:-1]
     assert_fresh(model, conversation.drafter, conversation.tokens)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_lossless_step_with_drafted_candidates_matches_base_distribution(fitted_llama):
+    """test_acceptors' chi-square test of one lossless tree step, on the tree the
+    context drafter drafts (from a context it was fitted on, so it is right often)."""
+    model, seen = fitted_llama
+    backbone, settings = model.backbone, SETTINGS["topk"]
+    ref = plain_greedy(backbone, seen[0], 8)
+    context, root = seen[0] + ref[:6], ref[6]
+    tree = tree_from_spec("tree-16", model.num_heads)
+    cache, drafter_cache = model.make_cache(), model.make_drafter_cache()
+    hidden, _ = model.forward(mx.array(context)[None], cache)
+    drafter_cache.append(hidden[0], context)
+    candidates = context_candidates(model, drafter_cache, root, tree, context_plan(tree))
+    with tree_attention(model.position_slots, cache, mx.array(tree.mask), mx.array(tree.depths)):
+        _, logits = model.forward(candidates[None], cache)
+    dist, cond = exact_distribution(backbone, context + [root], settings, 3)
+    acceptor, rng = LosslessAcceptor(settings, seed=7), np.random.default_rng(123)
+    tokens_of, samples, accepted = np.array(candidates).tolist(), [], 0
+    for _ in range(3000):
+        result = acceptor.accept(tree, candidates, logits[0])
+        accepted += result.accepted
+        samples.append(complete([tokens_of[j] for j in result.nodes[1:]] + [result.bonus], cond, 3, rng))
+    stat, critical, tv = chi_square(samples, dist)
+    assert stat < critical, f"chi2 {stat:.1f} >= {critical:.1f} (TV {tv:.3f})"
+    assert 0.3 < accepted / 3000, "the drafter's tokens were hardly ever accepted"
+
+
+def test_lossless_end_to_end_with_drafter_matches_base_distribution(fitted_llama):
+    """The whole loop with the drafter cache (prefill, drafting, compaction, the
+    next step's catch-up) samples exactly the base model's first three tokens."""
+    model, seen = fitted_llama
+    settings = SETTINGS["topk"]
+    prompt = seen[0] + plain_greedy(model.backbone, seen[0], 6)
+    dist, _ = exact_distribution(model.backbone, prompt, settings, 3)
+    acceptor = LosslessAcceptor(settings, seed=11)
+    samples, accepted = [], 0
+    for _ in range(400):
+        out, steps = run(model, prompt, 3, tree="tree-16", acceptor=acceptor)
+        samples.append(tuple(out))
+        accepted += sum(s.accepted for s in steps)
+    stat, critical, tv = chi_square(samples, dist)
+    assert stat < critical, f"chi2 {stat:.1f} >= {critical:.1f} (TV {tv:.3f})"
+    assert accepted > 80  # drafted tokens were accepted, not only bonus tokens
+
+
+@pytest.mark.parametrize("mode", ["typical", "lossless"])
+def test_sampling_acceptors_with_drafter_greedy_at_zero_and_seeded(fitted_llama, mode):
+    model, seen = fitted_llama
+    out, _ = run(model, seen[0], NEW_TOKENS, tree="tree-16", acceptor=make_acceptor(mode, temp=0.0, seed=1))
+    assert out == plain_greedy(model.backbone, seen[0], NEW_TOKENS)
+    runs = [run(model, seen[0], 40, tree="tree-16", acceptor=make_acceptor(mode, temp=1.0, seed=s))
+            for s in (3, 3, 4)]
+    assert runs[0][0] == runs[1][0] != runs[2][0]
+    assert sum(s.accepted for s in runs[0][1]) > 0
