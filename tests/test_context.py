@@ -24,6 +24,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache
 
 from medusa_mlx.acceptors import GreedyAcceptor, LosslessAcceptor, make_acceptor
+from medusa_mlx.bench import cli as bench_cli
 from medusa_mlx.attention import tree_attention
 from medusa_mlx.backbone import inspect_backbone
 from medusa_mlx import load
@@ -359,3 +360,18 @@ def test_smollm2_random_drafter_equals_plain():
         drafter_args_for(parts.hidden_size, parts.vocab_size, backbone.backbone.args), seed=3))
     prompt = encode_prompt(tokenizer, "What is the capital of France?", chat_template=True)
     assert run(model, prompt, 32, tree="tree-16")[0] == plain_greedy(model.backbone, prompt, 32)
+
+
+def test_benchmark_runs_with_a_drafter_folder(stories, shared_dir, tmp_path):
+    """``medusa_mlx.bench --medusa <drafter folder>``: every method exact, the
+    profile's heads column is the drafting cost, the config says the kind."""
+    model, _, _ = stories
+    save_drafter(tmp_path / "drafter", model.heads)
+    args = bench_cli.configure_parser().parse_args([
+        "--model", str(shared_dir / "data" / "stories260K.bin"), "--medusa", str(tmp_path / "drafter"),
+        "--trees", "chain-3,tree-8", "--max-tokens", "24", "--num-prompts", "2", "--verify-sizes", ""])
+    result = bench_cli.benchmark(args, log=lambda _: None)
+    assert result["config"]["heads_kind"] == "context" and result["config"]["num_heads"] == 5
+    medusa = [m for m in result["methods"] if m["kind"] == "medusa"]
+    assert len(medusa) == 2 and all(m["output_equal"] for m in result["methods"])
+    assert all(m["step_ms"]["heads"] > 0 for m in medusa), medusa[0]["step_ms"]
