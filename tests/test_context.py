@@ -185,6 +185,21 @@ def test_drafter_cache_equals_recomputation_after_compaction(fitted_llama):
     assert_fresh(model, drafter_cache, text + [out[-1]] + more[:-1])
 
 
+def test_prompt_lookup_beside_the_drafter_keeps_output_exact_and_cache_fresh(fitted_llama):
+    """Lookup's branches merged into the drafted tree (and steps that verify
+    lookup's branches alone, without drafting): the appended features follow
+    the merged tree's accepted nodes."""
+    model, seen = fitted_llama
+    prompt = seen[0] + plain_greedy(model.backbone, seen[0], 40)  # text that repeats itself
+    cache, drafter_cache = model.make_cache(), model.make_drafter_cache()
+    out, steps = run(model, prompt, 60, tree="tree-16", lookup=True, prompt_cache=cache,
+                     drafter_cache=drafter_cache)
+    assert out == plain_greedy(model.backbone, prompt, 60)
+    sizes = {s.tree_size for s in steps}
+    assert max(sizes) > 16 and min(sizes) < 16, sizes  # merged trees, and lookup's alone
+    assert_fresh(model, drafter_cache, prompt + out[:-1])
+
+
 @pytest.fixture(scope="module")
 def stories(shared_dir):
     """stories260K with a fitted drafter, its plain tokenizer and a templated one."""
