@@ -34,14 +34,14 @@ from medusa_mlx.heads import load_heads
 from medusa_mlx.chat.session import ChatSession
 from medusa_mlx.draft import context_candidates, context_plan
 from medusa_mlx.generate import medusa_generate_step
-from medusa_mlx.loaders.llama2c import load_llama2c, load_llama2c_tokenizer
+from medusa_mlx.loaders.llama2c import load_llama2c
 from medusa_mlx.model import is_context, medusa_model
 from medusa_mlx.server.requests import GenerationRequest
 from medusa_mlx.server.worker import Failed, Finished, Job, Worker
 from medusa_mlx.tree import tree_for_model, tree_from_spec
 from required_data import require_file
 from test_acceptors import SETTINGS, chi_square, complete, exact_distribution
-from test_chat import TEMPLATE
+from test_chat import stories_with_tokenizers
 from tiny_models import greedy_sequences, tiny_model
 from zoo_models import zoo_model
 
@@ -203,10 +203,7 @@ def test_prompt_lookup_beside_the_drafter_keeps_output_exact_and_cache_fresh(fit
 @pytest.fixture(scope="module")
 def stories(shared_dir):
     """stories260K with a fitted drafter, its plain tokenizer and a templated one."""
-    path = require_file(shared_dir / "data" / "stories260K.bin")
-    backbone, tokenizer = load_llama2c(path)
-    templated = load_llama2c_tokenizer(path.with_name("tok512.model"))
-    templated.chat_template = TEMPLATE
+    backbone, tokenizer, templated = stories_with_tokenizers(shared_dir)
     return fit_drafter(backbone)[0], tokenizer, templated
 
 
