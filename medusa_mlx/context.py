@@ -250,7 +250,7 @@ class DrafterCache:
     def trim_to(self, n: int) -> None:
         """Keep positions < n (a conversation cache trimmed to n tokens). Entries
         pair f_t with x_{t+1}, so only those with t + 1 < n stay valid."""
-        if n <= self.start:
+        if n <= self.start or self.features is None:  # nothing of the kept text known
             self.__init__(n)
             return
         keep = n - self.start

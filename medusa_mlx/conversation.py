@@ -38,10 +38,14 @@ def encode_prompt(tokenizer, prompt, chat_template: bool = False) -> list[int]:
 class ConversationCache:
     """A KV cache and the ids it holds, reused across calls (chat, server); after
     generating, ``keep(prompt + answer[:-1])`` trims any excess: between decoding
-    steps a cache holds every token but the last one emitted (see generate.py)."""
+    steps a cache holds every token but the last one emitted (see generate.py).
 
-    def __init__(self, cache: list):
-        self.cache, self.tokens = cache, []
+    ``drafter``: a context drafter's ``DrafterCache`` (``model.make_drafter_cache()``,
+    None for other heads), trimmed with the KV cache so that the drafter's keys and
+    values stay those of a from-scratch pass over the kept text."""
+
+    def __init__(self, cache: list, drafter=None):
+        self.cache, self.tokens, self.drafter = cache, [], drafter
 
     def reuse(self, prompt: list[int]) -> int:
         """Keep the prefix shared with ``prompt`` but its last token; feed the rest."""
@@ -52,3 +56,5 @@ class ConversationCache:
         """From now on the cache holds ``tokens`` (a prefix of what it holds)."""
         self.tokens = list(tokens)
         trim_prompt_cache(self.cache, max(self.cache[0].offset - len(self.tokens), 0))
+        if self.drafter is not None:
+            self.drafter.trim_to(len(self.tokens))

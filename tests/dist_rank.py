@@ -26,7 +26,9 @@ from medusa_mlx import distributed
 from medusa_mlx.errors import UnsupportedModelError
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.load import load_backbone
-from medusa_mlx.model import attach_heads
+from medusa_mlx.backbone import inspect_backbone
+from medusa_mlx.context import drafter_args_for, init_drafter
+from medusa_mlx.model import attach_heads, medusa_model
 from medusa_mlx.acceptors import make_acceptor
 from tiny_models import partial_oracle, tiny_model  # tests/ is on sys.path: it holds this script
 
@@ -62,6 +64,8 @@ def parse_args():
     p.add_argument("--max-tokens", type=int, default=100)
     p.add_argument("--tree", default="tree-16")
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--drafter", action="store_true",
+                   help="a random context drafter (the same on every rank) instead of heads")
     p.add_argument("--temp", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--unshared-seeds", action="store_true", help="fault: each rank keeps its own seed")
@@ -99,7 +103,12 @@ def run(args, group, rank: int, size: int) -> dict:
         vocab = backbone(mx.array([[1]])).shape[-1]
         proposer = (oracle_proposer(prompt + ref, args.heads, 10) if args.oracle else
                     partial_oracle(prompt + ref, args.partial_oracle, vocab, args.heads))
-    model = attach_heads(backbone, num_heads=args.heads, seed=1)
+    if args.drafter:
+        parts = inspect_backbone(backbone)
+        model = medusa_model(backbone, init_drafter(drafter_args_for(
+            parts.hidden_size, parts.vocab_size, backbone.args, max_depth=args.heads), seed=1))
+    else:
+        model = attach_heads(backbone, num_heads=args.heads, seed=1)
     seed = args.seed
     if group is not None:
         model = distributed.shard_model(model, group)

@@ -21,7 +21,7 @@ import numpy as np
 
 from hostile_inputs import (
     GGUF_ARRAY, GGUF_LAYERS, GGUF_STRING, GGUF_U32, GGUF_U64, H, MEDUSA1, REPO, V, Case,
-    Pickle, Run, gguf_bytes, gguf_llama, heads_folder, legacy_header, llama2c_bytes,
+    Pickle, Run, drafter_folder, gguf_bytes, gguf_llama, heads_folder, legacy_header, llama2c_bytes,
     medusa1_storages, medusa2_tensors, nested_json, safetensors_bytes, state_dict_pickle,
     write_legacy_pt, write_zip_pt,
 )
@@ -634,6 +634,57 @@ def _(t):
     folder = heads_folder(t / "heads")
     (folder / "model.safetensors").unlink()
     return chat(t, medusa=folder)
+
+
+# --- context drafter folders (chat.py --medusa, stories260K backbone; convert.py --to vllm) ---
+
+def drafter_case(name, expect=1, **kw):
+    @case(f"drafter-{name}")
+    def _(t):
+        return chat(t, medusa=drafter_folder(t / "drafter", **kw), expect=expect,
+                    options=["--tree", "auto"] if expect == 0 else ())
+
+
+def without(*names):
+    return lambda tensors: {k: v for k, v in tensors.items() if k not in names}
+
+
+drafter_case("valid", expect=0)
+drafter_case("valid-saved-tree", expect=0, config_patch=patch(tree=[[0], [0, 0], [1]]))
+drafter_case("kind-unknown", config_patch=patch(kind="eagle9"))
+drafter_case("kind-not-a-string", config_patch=patch(kind=["context"]))
+drafter_case("hidden-negative", config_patch=patch(hidden_size=-64))
+drafter_case("hidden-10^12", config_patch=patch(hidden_size=10 ** 12))
+drafter_case("hidden-string", config_patch=patch(hidden_size="64"))
+drafter_case("hidden-mismatch", hidden=32)
+drafter_case("vocab-mismatch", config_patch=patch(vocab_size=100))
+drafter_case("heads-not-dividing-hidden", config_patch=patch(num_attention_heads=7))
+drafter_case("kv-heads-not-dividing-heads", config_patch=patch(num_key_value_heads=3))
+drafter_case("heads-zero", config_patch=patch(num_attention_heads=0))
+drafter_case("heads-missing", config_patch=lambda c: {k: v for k, v in c.items()
+                                                      if k != "num_attention_heads"})
+drafter_case("intermediate-10^12", config_patch=patch(intermediate_size=10 ** 12))
+drafter_case("max-depth-99", config_patch=patch(max_depth=99))
+drafter_case("rope-theta-negative", config_patch=patch(rope_theta=-1.0))
+drafter_case("norm-eps-string", config_patch=patch(norm_eps="1e-5"))
+drafter_case("tree-not-a-list", config_patch=patch(tree="tree-8"))
+drafter_case("head-vocab-beyond", config_patch=patch(head_vocab=[1, 512]))
+drafter_case("tensor-missing", tensors_patch=without("norm.weight"))
+drafter_case("tensor-extra", tensors_patch=lambda ts: {**ts, "evil": np.zeros(3, np.float32)})
+drafter_case("tensor-shape-wrong", tensors_patch=lambda ts: {
+    **ts, "fuse.weight": np.zeros((64, 64), np.float32)})
+drafter_case("medusa-tensors", tensors_patch=lambda ts: {
+    "heads.0.lm_head.weight": np.zeros((512, 64), np.float32)})
+
+
+@case("drafter-medusa-heads-say-context")
+def _(t):
+    return chat(t, medusa=heads_folder(t / "heads", config_patch=patch(kind="context")))
+
+
+@case("drafter-to-vllm")
+def _(t):
+    return convert(t, drafter_folder(t / "drafter"), "--to", "vllm")
 
 
 # --- GGUF backbones (chat.py --model x.gguf) -------------------------------------------------

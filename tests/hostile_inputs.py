@@ -327,6 +327,33 @@ def heads_folder(folder: Path, hidden=64, vocab=512, num_heads=2, num_layers=1,
     return folder
 
 
+def drafter_folder(folder: Path, hidden=64, vocab=512, heads=8, kv_heads=4, intermediate=128,
+                   config_patch=None, tensors_patch=None) -> Path:
+    """A context drafter folder (``"kind": "context"``) that fits stories260K."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    head_dim = hidden // heads
+    shapes = {"fuse.weight": (hidden, 2 * hidden), "attention_norm.weight": (hidden,),
+              "q_proj.weight": (heads * head_dim, hidden), "k_proj.weight": (kv_heads * head_dim, hidden),
+              "v_proj.weight": (kv_heads * head_dim, hidden), "o_proj.weight": (hidden, heads * head_dim),
+              "mlp_norm.weight": (hidden,), "gate_proj.weight": (intermediate, hidden),
+              "up_proj.weight": (intermediate, hidden), "down_proj.weight": (hidden, intermediate),
+              "norm.weight": (hidden,)}
+    tensors = {name: (rng.standard_normal(shape) * 0.02).astype(np.float32)
+               for name, shape in shapes.items()}
+    config = {"format": "medusa-mlx", "kind": "context", "hidden_size": hidden, "vocab_size": vocab,
+              "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+              "intermediate_size": intermediate, "max_depth": 4, "rope_theta": 10000.0,
+              "norm_eps": 1e-5}
+    if config_patch is not None:
+        config = config_patch(config) or config
+    if tensors_patch is not None:
+        tensors = tensors_patch(tensors) or tensors
+    (folder / "model.safetensors").write_bytes(safetensors_bytes(tensors))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def nested_json(depth: int, opener="[", closer="]") -> str:
     return opener * depth + closer * depth
 

@@ -36,12 +36,18 @@ TEMPLATE = (
 )
 
 
-@pytest.fixture(scope="module")
-def stories(shared_dir):
+def stories_with_tokenizers(shared_dir):
+    """stories260K's backbone, its tokenizer, and one with TEMPLATE."""
     path = require_file(shared_dir / "data" / "stories260K.bin")
     backbone, tokenizer = load_llama2c(path)
     templated = load_llama2c_tokenizer(path.with_name("tok512.model"))
     templated.chat_template = TEMPLATE
+    return backbone, tokenizer, templated
+
+
+@pytest.fixture(scope="module")
+def stories(shared_dir):
+    backbone, tokenizer, templated = stories_with_tokenizers(shared_dir)
     return attach_heads(backbone, num_heads=3, seed=0), tokenizer, templated
 
 

@@ -139,6 +139,18 @@ def test_sharded_medusa_greedy_equals_single_process_greedy(model, out, shared_d
         assert len({a for a in res["accepted"] if a > 0}) >= 2 and min(res["accepted"]) < 4, res
 
 
+def test_sharded_context_drafter_greedy_equals_single_process_greedy(out):
+    """A context drafter stays replicated: every rank drafts from the same
+    (all-reduced) features with its own drafter cache, so the ranks agree."""
+    reference = plain_greedy(tiny_model("llama", seed=0), PROMPT, 80)
+    proc = launch_with_mlx(out, "--drafter", "--max-tokens", "80", "--tree", "tree-16",
+                           "--check-every", "1")
+    for r, res in enumerate(read_results(out, 2)):
+        assert "error" not in res, f"rank {r}: {res['error']}\n{proc.stderr}"
+        assert res["size"] == 2 and res["tokens"] == reference, f"rank {r} differs"
+        assert any(a > 0 for a in res["accepted"]), res  # drafted tokens were verified
+
+
 def test_sharded_sampling_equals_a_single_process_run_at_the_same_seed(out, tmp_path):
     """Lossless sampling: rank 0's seed is everyone's, so the ranks agree, and with
     the same seed the sharded run samples what one process samples (partially-right

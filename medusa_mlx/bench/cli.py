@@ -16,6 +16,7 @@ from ..cli import ArgumentParser, run_cli
 from ..cost import VERIFY_SIZES, verify_cost_record
 from ..conversation import encode_prompt
 from ..load import EMBEDDED_DEFAULT, SHIPPED_HEADS, load, load_backbone, shipped_heads
+from ..model import is_context
 from .prompts import builtin_prompts, read_prompts
 from .report import SCHEMA, dtype_of, environment, render, summarize
 from .runs import DEFAULT_TREES, make_methods, run_methods, tree_supported
@@ -99,7 +100,7 @@ def benchmark(args, log=print) -> dict:
     run_methods(methods, model, draft, prompts, args.max_tokens, eos, args.num_draft_tokens,
                 profile=not args.no_profile, log=log)
     baseline = methods[0]
-    heads_cfg = model.heads.args
+    heads_cfg, context = model.heads.args, is_context(model.heads)
     return {
         "schema": SCHEMA,
         "environment": env,
@@ -107,7 +108,8 @@ def benchmark(args, log=print) -> dict:
             "model": args.model or "smollm2 (embedded SmolLM2-135M-Instruct)",
             "heads": args.medusa or _heads_label(args.model),
             "num_heads": model.num_heads,
-            "heads_layers": heads_cfg.num_layers,
+            "heads_kind": "context" if context else "medusa",  # context: an EAGLE-style drafter
+            "heads_layers": 1 if context else heads_cfg.num_layers,
             "heads_shared_lm_head": heads_cfg.shared_lm_head,
             "dtype": dtype_of(model.backbone),
             "draft_model": args.draft_model,

@@ -97,7 +97,7 @@ class ChatSession:
             mx.random.seed(seed)  # plain sampling draws from mx.random
         self.stats = SessionStats()
         self.messages: list[dict] = []
-        self.conversation = ConversationCache(model.make_cache())
+        self.conversation = ConversationCache(model.make_cache(), model.make_drafter_cache())
 
     @property
     def cache(self) -> list:
@@ -214,6 +214,7 @@ class ChatSession:
             eos_token_ids=self.eos,
             acceptor=self.acceptor,
             lookup=self.lookup,
+            drafter_cache=self.conversation.drafter,
         ):
             yield step.tokens, step.accepted
 

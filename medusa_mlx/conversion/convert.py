@@ -25,6 +25,7 @@ from .output import (
 from .formats import DESCRIPTIONS, FORMATS, detect, parse
 from ..cli import ArgumentParser, run_cli
 from ..heads import save_heads
+from ..model import is_context
 from .hub import resolve
 from .tensor_files import ConversionError
 
@@ -148,6 +149,9 @@ def _export_vllm(source, output: Path, revision, dtype, force) -> ConversionRepo
     if not path.is_dir():
         raise ConversionError(f"--to vllm reads a medusa-mlx heads folder; {path} is a file")
     heads = load_mlx_heads(path)
+    if is_context(heads):
+        raise ConversionError(f"{path} is a context drafter (EAGLE-style: a decoder layer over "
+                              "the text); vLLM's Medusa has no equivalent, so it cannot be exported")
     args = heads.args
     if args.sequential:
         raise ConversionError(f"{path}: sequential heads have no vLLM equivalent")

@@ -16,10 +16,12 @@ from ..conversation import ConversationCache
 
 
 class ConversationPool:
-    def __init__(self, make_cache: Callable[[], list], size: int = 10):
+    def __init__(self, make_cache: Callable[[], list], size: int = 10,
+                 make_drafter_cache: Callable[[], object] = lambda: None):
         if size < 0:
             raise UsageError(f"--prompt-cache-size must be >= 0, got {size}")
         self.make_cache = make_cache
+        self.make_drafter_cache = make_drafter_cache  # a context drafter's, else None
         self.size = size
         self.idle: list[ConversationCache] = []  # least recently used first
 
@@ -32,7 +34,7 @@ class ConversationPool:
             if n > best_len:
                 best, best_len = entry, n
         if best is None:
-            return ConversationCache(self.make_cache())
+            return ConversationCache(self.make_cache(), self.make_drafter_cache())
         self.idle.remove(best)
         return best
 

@@ -130,7 +130,7 @@ class Worker:
         self.lookup = lookup  # prompt lookup: each request drafts from its own messages too
         self.concurrency = concurrency
         self.pending: queue.Queue = queue.Queue(maxsize=queue_size)
-        self.pool = ConversationPool(model.make_cache, cache_size)
+        self.pool = ConversationPool(model.make_cache, cache_size, model.make_drafter_cache)
         self.running = False
 
     # ------------------------------------------------------------ HTTP side
@@ -208,7 +208,7 @@ class Worker:
         steps = medusa_generate_step(
             r.prompt[kept:], self.model, max_tokens=r.max_tokens, tree=self.tree, acceptor=acceptor,
             prompt_cache=conversation.cache, eos_token_ids=self.tokenizer.eos_token_ids,
-            lookup=lookup,
+            lookup=lookup, drafter_cache=conversation.drafter,
         )
         detokenizer = self.tokenizer.detokenizer
         detokenizer.reset()

@@ -1,0 +1,389 @@
+"""The context drafter (EAGLE-style heads, issue #20) does all that heads do.
+
+A random drafter accepts almost nothing, which would leave compaction, deep
+acceptance and non-first branches untested; so each tiny model gets a drafter
+fitted in-process (a few hundred milliseconds of Adam) to its own greedy
+continuations of a few random prompts. Decoding from those prompts then
+accepts at several depths, rejects, and goes down non-first branches, while a
+prompt it never saw exercises the mostly-wrong drafter.
+"""
+
+import medusa_mlx  # noqa: F401  (first: preloads OpenBLAS before mlx is imported)
+
+import threading
+from dataclasses import replace
+import time
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from mlx_lm.generate import generate_step
+from mlx.utils import tree_flatten
+from mlx_lm.models.cache import KVCache
+
+from medusa_mlx.acceptors import GreedyAcceptor, LosslessAcceptor, make_acceptor
+from medusa_mlx.bench import cli as bench_cli
+from medusa_mlx.attention import tree_attention
+from medusa_mlx.backbone import inspect_backbone
+from medusa_mlx import load
+from medusa_mlx.context import drafter_args_for, init_drafter, save_drafter
+from medusa_mlx.conversation import encode_prompt
+from medusa_mlx.heads import load_heads
+from medusa_mlx.chat.session import ChatSession
+from medusa_mlx.draft import context_candidates, context_plan
+from medusa_mlx.generate import medusa_generate_step
+from medusa_mlx.loaders.llama2c import load_llama2c
+from medusa_mlx.model import is_context, medusa_model
+from medusa_mlx.server.requests import GenerationRequest
+from medusa_mlx.server.worker import Failed, Finished, Job, Worker
+from medusa_mlx.tree import tree_for_model, tree_from_spec
+from required_data import require_file
+from test_acceptors import SETTINGS, chi_square, complete, exact_distribution
+from test_chat import stories_with_tokenizers
+from tiny_models import greedy_sequences, tiny_model
+from zoo_models import zoo_model
+
+PROMPT = [1, 5, 9, 17, 33, 2, 64]  # never seen by the fitted drafters
+TREES = ("chain-3", "tree-16", "tree-64")
+NEW_TOKENS = 72
+
+
+def backbone_of(arch: str) -> nn.Module:
+    """tiny_models' architectures, else a zoo model (partial rotary, odd layouts)."""
+    try:
+        return tiny_model(arch)
+    except KeyError:
+        return zoo_model(arch)
+
+
+def fit_drafter(backbone: nn.Module, steps: int = 60, sequences: int = 4, seed: int = 0):
+    """A MedusaModel whose context drafter was fitted (EAGLE-1 loss plus one
+    unrolled step) to the backbone's greedy continuations of ``sequences``
+    random prompts; returns it with those prompts (most varied continuation
+    first). Loss: cross-entropy of the
+    output path on g_t against the base model's token after x_{t+1}, smooth-L1
+    of g_t to f_{t+1}, and the same cross-entropy one depth further with g_t
+    fed back as the feature (what drafting at depth 2 sees)."""
+    parts = inspect_backbone(backbone)
+    model = medusa_model(backbone, init_drafter(drafter_args_for(
+        parts.hidden_size, parts.vocab_size, backbone.args), seed=seed))
+    data = greedy_sequences(backbone, sequences, new_tokens=60, seed=seed)
+    tokens = mx.array([s.tokens for s in data])
+    features, logits = model.forward(tokens, None)
+    targets = mx.argmax(logits, axis=-1)  # the base model's next token everywhere
+    embeddings = model.embed(tokens)
+    mx.eval(features, targets, embeddings)
+
+    def loss(drafter):
+        g = drafter(features[:, :-1], embeddings[:, 1:])
+        first = nn.losses.cross_entropy(model.output_path(g), targets[:, 1:]).mean()
+        regress = nn.losses.smooth_l1_loss(g, features[:, 1:], reduction="mean")
+        g2 = drafter(g[:, :-1], embeddings[:, 2:])
+        second = nn.losses.cross_entropy(model.output_path(g2), targets[:, 2:]).mean()
+        return first + regress + second
+
+    optimizer = optim.Adam(learning_rate=1e-2)
+    step = nn.value_and_grad(model.heads, loss)
+    for _ in range(steps):
+        _, grads = step(model.heads)
+        optimizer.update(model.heads, grads)
+        mx.eval(model.heads.parameters(), optimizer.state)
+    varied = sorted(data, key=lambda s: -len(set(s.tokens[4:])))  # most varied first
+    return model, [s.tokens[:4] for s in varied]
+
+
+class RecordingAcceptor(GreedyAcceptor):
+    """Greedy, remembering every step's tree and accepted nodes."""
+
+    def __init__(self):
+        self.steps = []
+
+    def accept(self, tree, candidates, logits):
+        result = super().accept(tree, candidates, logits)
+        self.steps.append((tree, result.nodes))
+        return result
+
+
+def off_first_branch(acceptor: RecordingAcceptor) -> int:
+    """Steps whose accepted path leaves the first branch (a rank > 0 on it)."""
+    return sum(any(any(tree.paths[n]) for n in nodes) for tree, nodes in acceptor.steps)
+
+
+def plain_greedy(backbone, prompt, n):
+    return [t for t, _ in generate_step(mx.array(prompt), backbone, max_tokens=n)]
+
+
+def run(model, prompt, n, **kwargs):
+    steps = list(medusa_generate_step(prompt, model, max_tokens=n, **kwargs))
+    return [t for s in steps for t in s.tokens], steps[1:]
+
+
+@pytest.fixture(scope="module")
+def fitted_llama():
+    return fit_drafter(tiny_model("llama"))
+
+
+# ---------------------------------------------------------------- greedy exactness
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma", "phi3", "gptj", "nanochat"])
+def test_greedy_token_identical_and_accepting(arch):
+    backbone = backbone_of(arch)
+    model, seen = fit_drafter(backbone)
+    accepted, rejected, off_first = [], 0, 0
+    for prompt in (seen[0], PROMPT):
+        ref = plain_greedy(backbone, prompt, NEW_TOKENS)
+        assert len(set(ref)) > 3, f"{arch}: degenerate reference, the test would be weak"
+        for tree in TREES:
+            acceptor = RecordingAcceptor()
+            out, steps = run(model, prompt, NEW_TOKENS, tree=tree, acceptor=acceptor)
+            assert out == ref, f"{arch} {tree}: differs from mlx-lm greedy"
+            depth = tree_from_spec(tree, model.num_heads).depth
+            accepted += [s.accepted for s in steps]
+            rejected += sum(s.accepted < depth for s in steps[:-1])
+            if tree == "tree-16":
+                off_first += off_first_branch(acceptor)
+    assert max(accepted) >= 2 and rejected > 0, f"{arch}: accepted {np.bincount(accepted)}"
+    assert off_first > 0, f"{arch}: never accepted down a non-first branch of tree-16"
+
+
+# ---------------------------------------------------------------- the drafter's cache
+
+
+def assert_fresh(model, drafter_cache, text):
+    """``drafter_cache`` after decoding ``text`` (everything the backbone cache
+    holds) equals a from-scratch recomputation: the backbone's features of the
+    whole text in one forward, then one causal drafter pass from its start."""
+    start, n = drafter_cache.start, drafter_cache.kv.offset
+    assert drafter_cache.tokens == text[start:] and drafter_cache.end == len(text)
+    features, _ = model.forward(mx.array(text)[None], None)
+    kv = KVCache()
+    model.heads(features[:, start:start + n], model.embed(mx.array(text[start + 1:start + n + 1]))[None],
+                kv, positions=start)
+    assert np.abs(np.array(drafter_cache.features) - np.array(features[0, start:])).max() <= 1e-4
+    for got, want in ((drafter_cache.kv.keys, kv.keys), (drafter_cache.kv.values, kv.values)):
+        assert np.abs(np.array(got[..., :n, :]) - np.array(want[..., :n, :])).max() <= 1e-4
+
+
+def test_drafter_cache_equals_recomputation_after_compaction(fitted_llama):
+    model, seen = fitted_llama
+    prompt = seen[0]
+    ref = plain_greedy(model.backbone, prompt, 100)
+    cache, drafter_cache, acceptor = model.make_cache(), model.make_drafter_cache(), RecordingAcceptor()
+    out, steps = run(model, prompt, 60, tree="tree-64", prompt_cache=cache,
+                     drafter_cache=drafter_cache, acceptor=acceptor)
+    assert out == ref[:60] and off_first_branch(acceptor) > 0 and max(s.accepted for s in steps) >= 3
+    text = prompt + out[:-1]  # the last emitted token is never cached
+    assert cache[0].offset == len(text) and drafter_cache.kv.offset >= len(text) - 6
+    assert_fresh(model, drafter_cache, text)
+    # The next call continues from both caches: still exact, still fresh.
+    more, _ = run(model, [out[-1]], 40, tree="tree-16", prompt_cache=cache,
+                  drafter_cache=drafter_cache)
+    assert more == ref[60:100]
+    assert_fresh(model, drafter_cache, text + [out[-1]] + more[:-1])
+
+
+def test_prompt_lookup_beside_the_drafter_keeps_output_exact_and_cache_fresh(fitted_llama):
+    """Lookup's branches merged into the drafted tree (and steps that verify
+    lookup's branches alone, without drafting): the appended features follow
+    the merged tree's accepted nodes."""
+    model, seen = fitted_llama
+    prompt = seen[0] + plain_greedy(model.backbone, seen[0], 40)  # text that repeats itself
+    cache, drafter_cache = model.make_cache(), model.make_drafter_cache()
+    out, steps = run(model, prompt, 60, tree="tree-16", lookup=True, prompt_cache=cache,
+                     drafter_cache=drafter_cache)
+    assert out == plain_greedy(model.backbone, prompt, 60)
+    sizes = {s.tree_size for s in steps}
+    assert max(sizes) > 16 and min(sizes) < 16, sizes  # merged trees, and lookup's alone
+    assert_fresh(model, drafter_cache, prompt + out[:-1])
+
+
+@pytest.fixture(scope="module")
+def stories(shared_dir):
+    """stories260K with a fitted drafter, its plain tokenizer and a templated one."""
+    backbone, tokenizer, templated = stories_with_tokenizers(shared_dir)
+    return fit_drafter(backbone)[0], tokenizer, templated
+
+
+def test_chat_turns_keep_the_drafter_cache_fresh_and_answers_exact(stories):
+    model, _, templated = stories
+    questions = ["Once upon a time, a girl named Lily found a big red ball.", "The dog was happy.",
+                 "They went home."]
+    s = ChatSession(model, templated, max_tokens=40)
+    plain = ChatSession(model, templated, max_tokens=40, medusa=False)
+    for question in questions[:2]:
+        s.ask(question)
+        plain.ask(question)
+        assert s.cached == plain.cached  # greedy: the same answers, the same text
+        assert s.conversation.drafter.start == 0
+        assert_fresh(model, s.conversation.drafter, s.cached)
+    # A plain turn in between: the drafter knows nothing of it and starts again
+    # after it (still consistent); the next Medusa turn is exact.
+    assert "plain" in s.command("/medusa off").text
+    s.ask(questions[2])
+    s.command("/medusa on")
+    s.ask("The end.")
+    plain.ask(questions[2])
+    plain.ask("The end.")
+    assert s.cached == plain.cached and s.conversation.drafter.start > 0
+    assert_fresh(model, s.conversation.drafter, s.cached)
+    s.command("/reset")
+    assert s.conversation.drafter.end == 0
+
+
+def test_server_conversation_keeps_the_drafter_cache_fresh(stories):
+    """Two requests of one conversation through the worker (in this process, on
+    this thread, as the server runs it): the second reuses the first's caches."""
+    model, tokenizer, _ = stories
+    worker = Worker(model, tokenizer)
+    first = [1] + tokenizer.encode("Once upon a time")
+    answer = plain_greedy(model.backbone, first, 30)
+    second = first + answer[:12] + [13, 45]  # an edited answer: the caches are cut back
+    finished, seen = [], []
+
+    def request(prompt):
+        job = Job(GenerationRequest("text", prompt, 30, 0.0, 0.0, 0, 0.0, "greedy"))
+        worker.submit(job)
+        events = [job.events.get(timeout=120)]
+        while not isinstance(events[-1], (Finished, Failed)):
+            events.append(job.events.get(timeout=120))
+        finished.append(events[-1])
+        seen.append(list(worker.pool.idle[-1].tokens))
+
+    def client():  # no MLX work off the worker's thread
+        try:
+            while not worker.healthy:
+                time.sleep(0.01)
+            request(first)
+            request(second)
+        finally:
+            worker.stop()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    worker.run()
+    thread.join()
+    assert [type(f) for f in finished] == [Finished, Finished], finished
+    assert seen[0] == first + answer[:-1]
+    assert finished[1].cached_tokens == len(first) + 12
+    conversation = worker.pool.idle[-1]
+    assert conversation.tokens == second + plain_greedy(model.backbone, second, 30)[:-1]
+    assert_fresh(model, conversation.drafter, conversation.tokens)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_lossless_step_with_drafted_candidates_matches_base_distribution(fitted_llama):
+    """test_acceptors' chi-square test of one lossless tree step, on the tree the
+    context drafter drafts (from a context it was fitted on, so it is right often)."""
+    model, seen = fitted_llama
+    backbone, settings = model.backbone, SETTINGS["topk"]
+    ref = plain_greedy(backbone, seen[0], 8)
+    context, root = seen[0] + ref[:6], ref[6]
+    tree = tree_from_spec("tree-16", model.num_heads)
+    cache, drafter_cache = model.make_cache(), model.make_drafter_cache()
+    hidden, _ = model.forward(mx.array(context)[None], cache)
+    drafter_cache.append(hidden[0], context)
+    candidates = context_candidates(model, drafter_cache, root, tree, context_plan(tree))
+    with tree_attention(model.position_slots, cache, mx.array(tree.mask), mx.array(tree.depths)):
+        _, logits = model.forward(candidates[None], cache)
+    dist, cond = exact_distribution(backbone, context + [root], settings, 3)
+    acceptor, rng = LosslessAcceptor(settings, seed=7), np.random.default_rng(123)
+    tokens_of, samples, accepted = np.array(candidates).tolist(), [], 0
+    for _ in range(3000):
+        result = acceptor.accept(tree, candidates, logits[0])
+        accepted += result.accepted
+        samples.append(complete([tokens_of[j] for j in result.nodes[1:]] + [result.bonus], cond, 3, rng))
+    stat, critical, tv = chi_square(samples, dist)
+    assert stat < critical, f"chi2 {stat:.1f} >= {critical:.1f} (TV {tv:.3f})"
+    assert 0.3 < accepted / 3000, "the drafter's tokens were hardly ever accepted"
+
+
+def test_lossless_end_to_end_with_drafter_matches_base_distribution(fitted_llama):
+    """The whole loop with the drafter cache (prefill, drafting, compaction, the
+    next step's catch-up) samples exactly the base model's first three tokens."""
+    model, seen = fitted_llama
+    settings = SETTINGS["topk"]
+    prompt = seen[0] + plain_greedy(model.backbone, seen[0], 6)
+    dist, _ = exact_distribution(model.backbone, prompt, settings, 3)
+    acceptor = LosslessAcceptor(settings, seed=11)
+    samples, accepted = [], 0
+    for _ in range(400):
+        out, steps = run(model, prompt, 3, tree="tree-16", acceptor=acceptor)
+        samples.append(tuple(out))
+        accepted += sum(s.accepted for s in steps)
+    stat, critical, tv = chi_square(samples, dist)
+    assert stat < critical, f"chi2 {stat:.1f} >= {critical:.1f} (TV {tv:.3f})"
+    assert accepted > 80  # drafted tokens were accepted, not only bonus tokens
+
+
+@pytest.mark.parametrize("mode", ["typical", "lossless"])
+def test_sampling_acceptors_with_drafter_greedy_at_zero_and_seeded(fitted_llama, mode):
+    model, seen = fitted_llama
+    out, _ = run(model, seen[0], NEW_TOKENS, tree="tree-16", acceptor=make_acceptor(mode, temp=0.0, seed=1))
+    assert out == plain_greedy(model.backbone, seen[0], NEW_TOKENS)
+    runs = [run(model, seen[0], 40, tree="tree-16", acceptor=make_acceptor(mode, temp=1.0, seed=s))
+            for s in (3, 3, 4)]
+    assert runs[0][0] == runs[1][0] != runs[2][0]
+    assert sum(s.accepted for s in runs[0][1]) > 0
+
+
+# ---------------------------------------------------------------- files, trees, real models
+
+SAVED_TREE = [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 0, 0)]
+
+
+def test_save_load_round_trip_and_saved_tree(stories, shared_dir, tmp_path):
+    """save_drafter -> load(model, medusa=folder): same weights, ``tree="auto"``
+    is the tree saved in the config, greedy output exact and the same tokens."""
+    model, tokenizer, _ = stories
+    save_drafter(tmp_path / "drafter", model.heads, {"tree": [list(p) for p in SAVED_TREE]})
+    loaded, _ = load(str(shared_dir / "data" / "stories260K.bin"), medusa=str(tmp_path / "drafter"))
+    assert is_context(loaded.heads) and replace(loaded.heads.args, extra={}) == model.heads.args
+    for (name, a), (_, b) in zip(tree_flatten(model.heads.parameters()),
+                                 tree_flatten(loaded.heads.parameters())):
+        assert mx.array_equal(a, b), name
+    tree = tree_for_model("auto", loaded)
+    assert tree.paths[1:] == tuple(SAVED_TREE) and tree.name == "auto"
+    assert load_heads(tmp_path / "drafter").args.extra["tree"] == [list(p) for p in SAVED_TREE]
+    prompt = tokenizer.encode("Tom had a red kite.")
+    out, steps = run(loaded, prompt, 120)  # tree="auto"
+    assert out == plain_greedy(loaded.backbone, prompt, 120)
+    assert {s.tree_size for s in steps} == {len(SAVED_TREE) + 1}
+    assert out == run(model, prompt, 120, tree=SAVED_TREE)[0]
+
+
+@pytest.mark.parametrize("tree", ["chain-4", "tree-16", "tree-64"])
+def test_stories260k_random_drafter_equals_plain(shared_dir, tree):
+    backbone, tokenizer = load_llama2c(require_file(shared_dir / "data" / "stories260K.bin"))
+    model = medusa_model(backbone, init_drafter(drafter_args_for(64, 512, backbone.args), seed=3))
+    prompt = [tokenizer.bos_token_id]  # (the round trip above decodes another prompt)
+    assert run(model, prompt, 150, tree=tree)[0] == plain_greedy(backbone, prompt, 150)
+
+
+@pytest.mark.smollm2
+def test_smollm2_random_drafter_equals_plain():
+    backbone, tokenizer = load(medusa=False)
+    parts = inspect_backbone(backbone.backbone)
+    model = medusa_model(backbone.backbone, init_drafter(
+        drafter_args_for(parts.hidden_size, parts.vocab_size, backbone.backbone.args), seed=3))
+    prompt = encode_prompt(tokenizer, "What is the capital of France?", chat_template=True)
+    assert run(model, prompt, 32, tree="tree-16")[0] == plain_greedy(model.backbone, prompt, 32)
+
+
+def test_benchmark_runs_with_a_drafter_folder(stories, shared_dir, tmp_path):
+    """``medusa_mlx.bench --medusa <drafter folder>``: every method exact, the
+    profile's heads column is the drafting cost, the config says the kind."""
+    model, _, _ = stories
+    save_drafter(tmp_path / "drafter", model.heads)
+    args = bench_cli.configure_parser().parse_args([
+        "--model", str(shared_dir / "data" / "stories260K.bin"), "--medusa", str(tmp_path / "drafter"),
+        "--trees", "chain-3,tree-8", "--max-tokens", "24", "--num-prompts", "2", "--verify-sizes", ""])
+    result = bench_cli.benchmark(args, log=lambda _: None)
+    assert result["config"]["heads_kind"] == "context" and result["config"]["num_heads"] == 5
+    medusa = [m for m in result["methods"] if m["kind"] == "medusa"]
+    assert len(medusa) == 2 and all(m["output_equal"] for m in result["methods"])
+    assert all(m["step_ms"]["heads"] > 0 for m in medusa), medusa[0]["step_ms"]
