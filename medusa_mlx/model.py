@@ -106,6 +106,10 @@ def _assemble(backbone: nn.Module, heads: Optional[MedusaHeads],
         raise ConfigError(f"heads predict {heads.args.vocab_size} tokens, the backbone {vocab}")
     head_vocab, head_projection = _head_vocab_projection(heads, project, hidden, vocab)
     embed = token_embedding(backbone, body, vocab)
+    if is_context(heads) and embed is not None:
+        # Compute in the backbone's dtype: a float16 drafter file on a float32 CPU
+        # backbone would otherwise run float16 matmuls, which MLX's CPU does slowly.
+        heads.set_dtype(embed(mx.array([0])).dtype)
     if (heads.args.sequential or is_context(heads)) and embed is None:
         raise UnsupportedModelError(
             f"architecture '{model_type(backbone)}' has no token embedding for sequential heads"

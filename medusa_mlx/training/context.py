@@ -141,7 +141,7 @@ def window_batch(data: SequenceFeatures, rows: np.ndarray, window: int, rng) -> 
     lengths = data.offsets[rows + 1] - data.offsets[rows]
     W = int(min(window, lengths.max()))
     H = data.hidden.shape[1]
-    feats = np.zeros((B, W, H), np.float16)
+    feats = np.zeros((B, W, H), np.float32)  # float16 matmuls are slow on a CPU
     tokens = np.zeros((B, W), np.int32)
     targets = np.full((B, W), IGNORE, np.int32)
     mask = np.zeros((B, W), bool)
