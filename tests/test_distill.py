@@ -123,3 +123,16 @@ def test_followup_asks_about_the_models_own_answer():
         assert p.parent == "oasst-3" and p.source == "followup" and acceptable_prompt(
             p.messages[2]["content"], min_words=3)
     assert len({p.messages[2]["content"] for p in prompts}) == len(prompts)  # deduplicated
+
+
+def test_an_answer_folder_is_its_chunks_not_its_log(tmp_path):
+    """distill writes log.jsonl beside its chunks; reading the folder as answers
+    took the log's rows for answers (KeyError: 'id')."""
+    from medusa_mlx.training.prompt_sets import AnswerStore, answer_files, read_answers
+
+    store = AnswerStore(tmp_path)
+    store.write_chunk("real", [{"id": "oasst-1", "prompt_ids": [1, 2], "answer_ids": [3, 4]}])
+    (tmp_path / "log.jsonl").write_text('{"round": ["real"], "tokens": 2}\n')
+    files = answer_files([tmp_path])
+    assert [f.name for f in files] == ["real.0000.jsonl.gz"]
+    assert [r["id"] for r in read_answers(files)] == ["oasst-1"]

@@ -41,7 +41,7 @@ def run(args, backbone, console, argv=None) -> None:
                                      args.cache_dir, held_out=False,
                                      max_sequences=args.max_records, log=console.print)
     held = answer_sequence_features(backbone, args.model, files, args.max_seq_len,
-                                    args.cache_dir, held_out=True, max_sequences=256,
+                                    args.cache_dir, held_out=True, max_sequences=96,
                                     log=console.print)
     if train is None:
         raise UsageError("no training answers in --answers")

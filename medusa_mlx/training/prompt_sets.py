@@ -125,11 +125,12 @@ def template_prompts(paths) -> list[Prompt]:
 
 
 def answer_files(paths) -> list[Path]:
-    """Answer files named directly, and every chunk inside a named folder."""
+    """Answer files named directly, and every chunk inside a named folder (the
+    ``AnswerStore`` chunks, ``*.jsonl.gz``: not the folder's ``log.jsonl``)."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(p.glob("*.jsonl.gz")) + sorted(p.glob("*.jsonl"))
+            files += sorted(p.glob("*.jsonl.gz"))
         elif p.is_file():
             files.append(p)
         else:
