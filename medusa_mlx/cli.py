@@ -25,6 +25,28 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, drafting: bool = True) -> None:
+    """``--model`` and ``--medusa``, which every decoding app takes alike; with
+    ``drafting`` also ``--tree``, ``--lookup/--no-lookup`` (on by default: the
+    benchmark's built-in prompts never ran slower with it, README "Prompt lookup")
+    and ``--no-heads``."""
+    from .tree import PRESETS
+
+    parser.add_argument("--model", default=None, help="mlx-lm folder, hub id, .gguf or llama2.c "
+                        ".bin (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--medusa", default=None, help="Medusa heads or context drafter folder, or "
+                        "hub id (default: the heads shipped for the model, else untrained)")
+    if not drafting:
+        return
+    parser.add_argument("--tree", default="auto", help="candidate tree: auto (saved with the heads; "
+                        f"default), {', '.join(PRESETS)}")
+    parser.add_argument("--lookup", action=argparse.BooleanOptionalAction, default=True,
+                        help="also draft from the text itself: prompt, conversation, answer so far "
+                             "(prompt lookup; exact; default on)")
+    parser.add_argument("--no-heads", action="store_true",
+                        help="no Medusa heads: prompt lookup alone (any supported model)")
+
+
 def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 

@@ -321,7 +321,7 @@ def generate(model: MedusaModel, tokenizer, prompt, verbose: bool = False, **kwa
 def configure_parser():
     import argparse
 
-    from .cli import ArgumentParser
+    from .cli import ArgumentParser, add_model_arguments
 
     parser = ArgumentParser(
         description="Generate text with Medusa speculative decoding (greedy: identical "
@@ -333,13 +333,9 @@ def configure_parser():
         "--medusa ./my-heads --tree tree-16",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default=None, help="mlx-lm folder, hub id, .gguf, llama2.c .bin (default: embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: shipped heads for the model)")
+    add_model_arguments(parser)
     parser.add_argument("--prompt", default=None, help="prompt text (default: BOS only for base models)")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--tree", default="auto", help="tree preset (chain-1..5, tree-8/16/32/64) or auto: the tree saved with the heads (default)")
-    parser.add_argument("--lookup", action=argparse.BooleanOptionalAction, default=True, help="also draft tree branches from the prompt and the answer so far (prompt lookup; exact; default on)")
-    parser.add_argument("--no-heads", action="store_true", help="no Medusa heads: prompt lookup alone (any supported model)")
     parser.add_argument("--no-chat-template", action="store_true", help="send the prompt raw even if the tokenizer has a chat template")
     parser.add_argument("--accept", default=None, choices=["greedy", "typical", "lossless"], help="acceptance rule (default: greedy at --temp 0, else lossless)")
     parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0 = greedy)")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..cli import ArgumentParser, run_cli
+from ..cli import ArgumentParser, add_model_arguments, run_cli
 from ..cost import VERIFY_SIZES, verify_cost_record
 from ..conversation import encode_prompt
 from ..load import EMBEDDED_DEFAULT, SHIPPED_HEADS, load, load_backbone, shipped_heads
@@ -32,8 +32,7 @@ def configure_parser():
         "  python -m medusa_mlx.bench --model M --draft-model D --trees chain-2,tree-16",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default=None, help="mlx-lm folder, hub id, .gguf, llama2.c .bin (default: embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--medusa", default=None, help="heads folder or hub id (default: the heads shipped for the model, else untrained)")
+    add_model_arguments(parser, drafting=False)
     parser.add_argument("--draft-model", default=None, help="also run mlx-lm speculative decoding with this draft model (same tokenizer)")
     parser.add_argument("--num-draft-tokens", type=int, default=3)
     parser.add_argument("--trees", default=DEFAULT_TREES, help=f"comma-separated tree presets, or 'auto' where supported (default: {DEFAULT_TREES})")

@@ -1,11 +1,10 @@
 """``python chat.py`` / ``medusa-chat`` / ``python -m medusa_mlx chat``: parse
 the arguments and start the terminal chat (``ui.run``)."""
 
-from argparse import BooleanOptionalAction, RawDescriptionHelpFormatter
+from argparse import RawDescriptionHelpFormatter
 
-from ..cli import ArgumentParser, run_cli
+from ..cli import ArgumentParser, add_model_arguments, run_cli
 from ..errors import UsageError
-from ..tree import PRESETS
 from .ui import run
 
 
@@ -21,18 +20,14 @@ def configure_parser():
         "  python chat.py --model mlx-community/Qwen2.5-0.5B-Instruct-bf16 --medusa ./my-heads",
         formatter_class=RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default=None, help="mlx-lm folder, hub id, .gguf or llama2.c .bin (default: embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: heads shipped for the model)")
+    add_model_arguments(parser)
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
-    parser.add_argument("--tree", default="auto", help=f"candidate tree: auto (saved with the heads; default), {', '.join(PRESETS)}")
     parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy, token-identical to plain decoding)")
     parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling threshold (0: off)")
     parser.add_argument("--accept", default="lossless", choices=["lossless", "typical"], help="how Medusa accepts sampled tokens: lossless (same distribution as plain sampling, default) or typical (faster, not exact)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     parser.add_argument("--no-medusa", action="store_true", help="plain mlx-lm decoding (same display), to compare")
-    parser.add_argument("--lookup", action=BooleanOptionalAction, default=True, help="also draft from the conversation's own text (prompt lookup; exact; default on: it never slowed the benchmark's built-in prompts and pays when answers copy)")
-    parser.add_argument("--no-heads", action="store_true", help="no Medusa heads: prompt lookup alone (any supported model)")
     parser.add_argument("--calibrate", action="store_true", help="measure plain decoding speed at start, so the speed-up shows at once")
     return parser
 

@@ -12,9 +12,8 @@ import os
 import sys
 import threading
 
-from ..cli import ArgumentParser, run_cli
+from ..cli import ArgumentParser, add_model_arguments, run_cli
 from ..errors import UsageError
-from ..tree import PRESETS
 
 
 def configure_parser() -> ArgumentParser:
@@ -28,11 +27,7 @@ def configure_parser() -> ArgumentParser:
         "  medusa-server --model mlx-community/Qwen2.5-0.5B-Instruct-bf16 --medusa ./my-heads --api-key S3CRET",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default=None, help="mlx-lm folder, hub id, .gguf or llama2.c .bin (default: embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--medusa", default=None, help="Medusa heads folder or hub id (default: heads shipped for the model)")
-    parser.add_argument("--tree", default="auto", help=f"candidate tree: auto (saved with the heads; default), {', '.join(PRESETS)}")
-    parser.add_argument("--lookup", action=argparse.BooleanOptionalAction, default=True, help="also draft from each request's own messages (prompt lookup; exact; default on: it never slowed the benchmark's built-in prompts and pays when answers copy)")
-    parser.add_argument("--no-heads", action="store_true", help="no Medusa heads: prompt lookup alone (any supported model)")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port, printed at start)")
     parser.add_argument("--api-key", default=os.environ.get("MEDUSA_API_KEY") or None, help="require 'Authorization: Bearer KEY' on /v1 endpoints (default: $MEDUSA_API_KEY, which, unlike an argument, other users' ps does not show)")
