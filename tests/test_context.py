@@ -16,7 +16,6 @@ import time
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 import pytest
 from mlx_lm.generate import generate_step
@@ -26,7 +25,7 @@ from mlx_lm.models.cache import KVCache
 from medusa_mlx.acceptors import GreedyAcceptor, LosslessAcceptor, make_acceptor
 from medusa_mlx.bench import cli as bench_cli
 from medusa_mlx.attention import tree_attention
-from medusa_mlx.backbone import inspect_backbone
+from medusa_mlx.backbone import inspect_backbone, lm_head_weight
 from medusa_mlx import load
 from medusa_mlx.context import drafter_args_for, init_drafter, save_drafter
 from medusa_mlx.conversation import encode_prompt
@@ -39,6 +38,7 @@ from medusa_mlx.model import is_context, medusa_model
 from medusa_mlx.server.requests import GenerationRequest
 from medusa_mlx.server.worker import Failed, Finished, Job, Worker
 from medusa_mlx.tree import tree_for_model, tree_from_spec
+from medusa_mlx.training.context import ContextTrainConfig, sequence_features, train_drafter
 from required_data import require_file
 from test_acceptors import SETTINGS, chi_square, complete, exact_distribution
 from test_chat import stories_with_tokenizers
@@ -59,39 +59,27 @@ def backbone_of(arch: str) -> nn.Module:
 
 
 def fit_drafter(backbone: nn.Module, steps: int = 60, sequences: int = 4, seed: int = 0):
-    """A MedusaModel whose context drafter was fitted (EAGLE-1 loss plus one
-    unrolled step) to the backbone's greedy continuations of ``sequences``
-    random prompts; returns it with those prompts (most varied continuation
-    first). Loss: cross-entropy of the
-    output path on g_t against the base model's token after x_{t+1}, smooth-L1
-    of g_t to f_{t+1}, and the same cross-entropy one depth further with g_t
-    fed back as the feature (what drafting at depth 2 sees)."""
+    """A MedusaModel whose context drafter was fitted with the package's own
+    training (``training.context``: EAGLE-1 loss plus one training-time-test
+    pass) to the backbone's greedy continuations of ``sequences`` random
+    prompts; returns it with those prompts (most varied continuation first)."""
     parts = inspect_backbone(backbone)
     model = medusa_model(backbone, init_drafter(drafter_args_for(
         parts.hidden_size, parts.vocab_size, backbone.args), seed=seed))
     data = greedy_sequences(backbone, sequences, new_tokens=60, seed=seed)
-    tokens = mx.array([s.tokens for s in data])
-    features, logits = model.forward(tokens, None)
-    targets = mx.argmax(logits, axis=-1)  # the base model's next token everywhere
-    embeddings = model.embed(tokens)
-    mx.eval(features, targets, embeddings)
-
-    def loss(drafter):
-        g = drafter(features[:, :-1], embeddings[:, 1:])
-        first = nn.losses.cross_entropy(model.output_path(g), targets[:, 1:]).mean()
-        regress = nn.losses.smooth_l1_loss(g, features[:, 1:], reduction="mean")
-        g2 = drafter(g[:, :-1], embeddings[:, 2:])
-        second = nn.losses.cross_entropy(model.output_path(g2), targets[:, 2:]).mean()
-        return first + regress + second
-
-    optimizer = optim.Adam(learning_rate=1e-2)
-    step = nn.value_and_grad(model.heads, loss)
-    for _ in range(steps):
-        _, grads = step(model.heads)
-        optimizer.update(model.heads, grads)
-        mx.eval(model.heads.parameters(), optimizer.state)
+    train_drafter(model.heads, *training_inputs(model, data),
+                  ContextTrainConfig(steps=steps, batch_size=sequences, window=64,
+                                     learning_rate=1e-2, warmup_steps=1, token_weight=1.0,
+                                     unroll=2, seed=seed), log=lambda *a: None)
     varied = sorted(data, key=lambda s: -len(set(s.tokens[4:])))  # most varied first
     return model, [s.tokens[:4] for s in varied]
+
+
+def training_inputs(model, data):
+    """(output weight, embed, sequence features, slots) for ``train_drafter``."""
+    features = sequence_features(model.backbone, [(s.tokens, s.start) for s in data])
+    weight = lm_head_weight(model.output_path, features.hidden.shape[1])
+    return weight, model.embed, features, np.arange(weight.shape[0], dtype=np.int32)
 
 
 class RecordingAcceptor(GreedyAcceptor):
@@ -387,3 +375,37 @@ def test_benchmark_runs_with_a_drafter_folder(stories, shared_dir, tmp_path):
     medusa = [m for m in result["methods"] if m["kind"] == "medusa"]
     assert len(medusa) == 2 and all(m["output_equal"] for m in result["methods"])
     assert all(m["step_ms"]["heads"] > 0 for m in medusa), medusa[0]["step_ms"]
+
+
+def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
+    """train_drafter on a tiny llama's own greedy text: the loss falls, and a run
+    stopped at a checkpoint and resumed ends with exactly the weights of an
+    uninterrupted run (step i's windows depend only on the seed and i)."""
+    backbone = tiny_model("llama")
+    parts = inspect_backbone(backbone)
+    args = drafter_args_for(parts.hidden_size, parts.vocab_size, backbone.args)
+    data = greedy_sequences(backbone, 4, new_tokens=40)
+    config = ContextTrainConfig(steps=8, batch_size=2, window=32, learning_rate=3e-3,
+                                warmup_steps=2, unroll=2, checkpoint_every=4)
+
+    def fresh():
+        model = medusa_model(backbone, init_drafter(args, seed=3))
+        return model, training_inputs(model, data)
+
+    model, inputs = fresh()
+    history = train_drafter(model.heads, *inputs, replace(config, steps=30),
+                            log=lambda *a: None)
+    first, last = np.mean([h["loss"] for h in history[:3]]), np.mean([h["loss"] for h in history[-3:]])
+    assert last < 0.8 * first, (first, last)
+
+    whole, inputs = fresh()
+    train_drafter(whole.heads, *inputs, config, out_dir=tmp_path / "whole", log=lambda *a: None)
+    part, inputs = fresh()
+    train_drafter(part.heads, *inputs, config, out_dir=tmp_path / "part", until=4,
+                  log=lambda *a: None)  # stopped after step 4
+    resumed, inputs = fresh()  # a new process: fresh weights, state from the checkpoint
+    train_drafter(resumed.heads, *inputs, config, out_dir=tmp_path / "part", resume=True,
+                  log=lambda *a: None)
+    for (name, a), (_, b) in zip(tree_flatten(whole.heads.parameters()),
+                                 tree_flatten(resumed.heads.parameters())):
+        assert np.array_equal(np.array(a), np.array(b)), name

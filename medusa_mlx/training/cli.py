@@ -43,6 +43,9 @@ def configure_parser() -> ArgumentParser:
                         "(one decoder layer over the text; trains on --answers)")
     p.add_argument("--window", type=int, default=256,
                    help="--kind context: positions per training window")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                   help="--kind context: stop after this step (a checkpoint is written); "
+                        "continue later with --resume, exactly as one run")
     p.add_argument("--unroll", type=int, default=1,
                    help="--kind context: training-time test passes (the drafter fed its own "
                         "outputs, as deeper tree nodes are at decoding; 1: EAGLE-1)")

@@ -265,11 +265,14 @@ def resume_checkpoint(out_dir: Path, drafter: ContextDrafter, optimizer) -> int:
 
 def train_drafter(drafter: ContextDrafter, weight: mx.array, embed: Callable,
                   data: SequenceFeatures, slots: np.ndarray, config: ContextTrainConfig,
-                  out_dir: Optional[Path] = None, resume: bool = False, log=print) -> list:
+                  out_dir: Optional[Path] = None, resume: bool = False, log=print,
+                  until: Optional[int] = None) -> list:
     """Adam on ``drafter`` only (backbone frozen; ``weight``: the output
     projection's head-vocabulary rows, ``slots``: token id -> row, IGNORE when
     absent). Step i's windows depend only on (seed, i), so a resumed run repeats
-    exactly what an uninterrupted one does. Returns per-step logs."""
+    exactly what an uninterrupted one does. ``until``: stop after that step (a
+    run cut into chunks, each resumed from the last one's checkpoint). Returns
+    per-step logs."""
     optimizer = make_optimizer(config)
     start = resume_checkpoint(out_dir, drafter, optimizer) if resume and out_dir else 0
 
@@ -279,7 +282,8 @@ def train_drafter(drafter: ContextDrafter, weight: mx.array, embed: Callable,
 
     step_fn = nn.value_and_grad(drafter, loss_fn)
     history = []
-    for step in range(start, config.steps):
+    stop = config.steps if until is None else min(until, config.steps)
+    for step in range(start, stop):
         rng = np.random.default_rng([config.seed, step])
         rows = rng.choice(len(data), size=min(config.batch_size, len(data)), replace=False)
         feats, tokens, targets, mask = window_batch(data, rows, config.window, rng)
@@ -293,7 +297,7 @@ def train_drafter(drafter: ContextDrafter, weight: mx.array, embed: Callable,
         if (step + 1) % 50 == 0 or step + 1 == config.steps:
             log(f"step {step + 1}/{config.steps}  loss {loss.item():.4f}  top-1 per pass "
                 + " ".join(f"{t:.3f}" for t in top1))
-        if out_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+        if out_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == stop):
             save_checkpoint(out_dir, drafter, optimizer, step + 1)
     return history
 

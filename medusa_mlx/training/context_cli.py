@@ -69,7 +69,10 @@ def run(args, backbone, console, argv=None) -> None:
     tic_train = time.perf_counter()
     embed = token_embedding(backbone)
     history = train_drafter(drafter, weight, embed, train, slots, config, out_dir=args.out,
-                            resume=args.resume, log=console.print)
+                            resume=args.resume, log=console.print, until=args.stop_after)
+    if args.stop_after is not None and args.stop_after < args.steps:
+        console.print(f"stopped after step {args.stop_after}: continue with --resume")
+        return
     train_seconds = time.perf_counter() - tic_train
     drafter.set_dtype(getattr(mx, args.dtype))
     accuracy = (held_out_accuracy(drafter, weight.astype(getattr(mx, args.dtype)), embed, held,
