@@ -36,7 +36,7 @@ from mlx_lm.models.cache import KVCache
 
 from .errors import ConfigError
 from .safe_files import MAX_HIDDEN, MAX_VOCAB, is_int, read_safetensors_header
-from .tree import check_paths
+from .tree import PRESETS, check_paths, dynamic_tree
 
 KIND = "context"
 MAX_DEPTH = 16
@@ -122,7 +122,12 @@ def check_config(config: dict) -> None:
                               "positive number")
     if "tree" in config:
         try:
-            check_paths(config["tree"], "context drafter config tree")
+            if isinstance(config["tree"], str):  # a preset or "dynamic-N"
+                if config["tree"] not in PRESETS and dynamic_tree(config["tree"], 1) is None:
+                    raise ValueError(f"context drafter config tree {config['tree']!r:.40} is "
+                                     "neither a preset nor dynamic-N")
+            else:
+                check_paths(config["tree"], "context drafter config tree")
         except ValueError as e:
             raise ConfigError(str(e)) from None
     # head_vocab is checked where it is used (model._head_vocab_projection).

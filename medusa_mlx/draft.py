@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
 from .context import DrafterCache
-from .model import MedusaModel
-from .tree import Tree
+from .model import MedusaModel, is_context
+from .tree import DynamicTree, Tree, tree_from_parents
 
 
 def _top_tokens(model: MedusaModel, logits: mx.array, k: int) -> mx.array:
@@ -147,6 +148,58 @@ def context_candidates(model: MedusaModel, cache: DrafterCache, root: int, tree:
         cache.kv.trim(cache.kv.offset - prefix)  # back to the text's entries
 
 
+def dynamic_candidates(model: MedusaModel, cache: DrafterCache, root: int,
+                       spec: DynamicTree) -> tuple[Tree, mx.array]:
+    """EAGLE-2: this step's tree and its tokens, grown by the context drafter.
+    Depth d's ``spec.expand`` likeliest nodes (cumulative log-probability of the
+    drafter's head-vocabulary distribution along the path) each get their
+    ``spec.expand`` best children; the ``spec.nodes`` likeliest nodes overall are
+    verified. A child is never likelier than its parent, so the selection is a
+    tree. One host sync per depth (the choice of nodes to expand)."""
+    drafter, project = model.heads, model.head_projection or model.output_path
+    x = cache.catch_up(drafter, model.embed, root)[None]
+    prefix = cache.kv.offset
+    parents, tokens, scores, depths = [-1], [root], [0.0], [0]
+    frontier, entries, row_of = [0], [], {0: 0}  # expanded nodes, appended entries, rows of x
+    ancestry = {0: set()}  # node -> the appended entries on its path (its own included)
+    try:
+        for d in range(spec.depth):
+            if d > 0:
+                rows = [parents[j] for j in frontier]
+                entries += frontier
+                mask = np.ones((len(frontier), prefix + len(entries)), dtype=bool)
+                for r, j in enumerate(frontier):
+                    ancestry[j] = ancestry[parents[j]] | {len(entries) - len(frontier) + r}
+                    mask[r, prefix:] = [e in ancestry[j] for e in range(len(entries))]
+                x = drafter(x[mx.array([row_of[p] for p in rows])][None],
+                            model.embed(mx.array([tokens[j] for j in frontier]))[None], cache.kv,
+                            positions=mx.full((len(frontier),), cache.end + d - 1),
+                            mask=mx.array(mask))[0]
+            row_of = {j: r for r, j in enumerate(frontier)}
+            logp = nn.log_softmax(project(x).astype(mx.float32), axis=-1)
+            top = mx.argpartition(-logp, kth=spec.expand - 1, axis=-1)[:, : spec.expand]
+            top_logp = mx.take_along_axis(logp, top, axis=-1)
+            if model.head_vocab is not None:
+                top = model.head_vocab[top]
+            top, top_logp = top.tolist(), top_logp.tolist()
+            children = []
+            for r, j in enumerate(frontier):
+                for t, lp in zip(top[r], top_logp[r]):
+                    parents.append(j)
+                    tokens.append(t)
+                    scores.append(scores[j] + lp)
+                    depths.append(d + 1)
+                    children.append(len(tokens) - 1)
+            frontier = sorted(children, key=lambda j: -scores[j])[: spec.expand]
+    finally:
+        cache.kv.trim(cache.kv.offset - prefix)  # back to the text's entries
+    keep = sorted(range(len(tokens)), key=lambda j: (-scores[j], depths[j]))[: spec.nodes]
+    keep.sort(key=lambda j: (depths[j], -scores[j]))  # parents first, likelier siblings first
+    index = {j: i for i, j in enumerate(keep)}
+    tree = tree_from_parents([-1] + [index[parents[j]] for j in keep[1:]], spec.name)
+    return tree, mx.array([tokens[j] for j in keep])
+
+
 def draft_candidates(model: MedusaModel, hidden: mx.array, root: int, tree: Tree,
                      plan: Optional[BranchPlan] = None) -> mx.array:
     """(tree.size,) candidate tokens, root first, in the tree's node order.
@@ -167,3 +220,26 @@ def proposed_candidates(topk: mx.array, root: int, tree: Tree) -> mx.array:
         )
     topk = topk[: tree.depth, : tree.topk]
     return mx.concatenate([mx.array([root]), topk.reshape(-1)])[mx.array(tree.gather)]
+
+
+def drafting_plan(model: MedusaModel, tree, proposer=None):
+    """What drafting ``tree`` needs precomputed once per generation, if anything."""
+    if proposer is not None or model.heads is None or isinstance(tree, DynamicTree):
+        return None
+    if is_context(model.heads):
+        return context_plan(tree)
+    return branch_plan(tree) if model.heads.args.sequential else None
+
+
+def draft_step(model: MedusaModel, tree, plan, root: int, hidden: mx.array, history: list,
+               proposer=None, drafter_cache: Optional[DrafterCache] = None) -> tuple:
+    """This step's (tree, candidate tokens), from whatever drafts: a proposer,
+    a context drafter (static or dynamic tree: pass its ``drafter_cache``) or
+    Medusa heads (``hidden``: the root's parent's hidden state)."""
+    if proposer is not None:
+        return tree, proposed_candidates(proposer(hidden, history), root, tree)
+    if isinstance(tree, DynamicTree):
+        return dynamic_candidates(model, drafter_cache, root, tree)
+    if drafter_cache is not None:
+        return tree, context_candidates(model, drafter_cache, root, tree, plan)
+    return tree, draft_candidates(model, hidden, root, tree, plan)

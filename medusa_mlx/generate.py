@@ -19,10 +19,10 @@ from .acceptors import GreedyAcceptor
 from .attention import compact_cache, tree_attention
 from .conversation import encode_prompt
 from .context import DrafterCache
-from .draft import branch_plan, context_candidates, context_plan, draft_candidates, proposed_candidates
+from .draft import draft_step, drafting_plan
 from .lookup import ROOT, PromptLookup, make_lookup
 from .model import MedusaModel, as_medusa_model, is_context
-from .tree import TreeSpec, tree_for_model
+from .tree import DynamicTree, TreeSpec, tree_for_model
 from .errors import ContextLengthError  # noqa: F401  (raised here; importable from here)
 
 # proposer(hidden (H,), history: prompt + tokens so far) -> token ids of shape
@@ -117,6 +117,9 @@ def medusa_generate_step(
     tic = time.perf_counter()
     continuing = cache[0].offset > 0  # the prompt extends a conversation in the cache
     contextual = is_context(model.heads) and proposer is None
+    if isinstance(tree, DynamicTree) and not contextual:
+        raise ValueError(f"tree '{tree.name}' is grown each step by a context drafter; "
+                         "these heads draft static trees only")
     if contextual:
         drafter_cache = drafter_cache if drafter_cache is not None else model.make_drafter_cache()
         drafter_cache.align(cache[0].offset)
@@ -133,9 +136,7 @@ def medusa_generate_step(
         on_step(step)
     yield step
 
-    mask, depths = mx.array(tree.mask), mx.array(tree.depths)
-    plan = branch_plan(tree) if proposer is None and heads and model.heads.args.sequential else None
-    plan = context_plan(tree) if contextual else plan
+    plan = drafting_plan(model, tree, proposer)
     while root not in eos and emitted != max_tokens:
         if context is not None and cache[0].offset + tree.depth + 2 > context:
             return
@@ -145,19 +146,15 @@ def medusa_generate_step(
         base = ROOT if drafter is not None and heads and drafter.skip_base(tree.size) else tree
         if base.size == 1:
             candidates = mx.array([root])
-        elif contextual:
-            candidates = context_candidates(model, drafter_cache, root, tree, plan)
-        elif proposer is None:
-            candidates = draft_candidates(model, last_hidden, root, tree, plan)
-        else:
-            candidates = proposed_candidates(proposer(last_hidden, history), root, tree)
-        step_tree, step_mask, step_depths, merged = base, mask, depths, None
+        else:  # a dynamic tree comes back grown for this step
+            base, candidates = draft_step(model, base, plan, root, last_hidden, history, proposer,
+                                          drafter_cache if contextual else None)
+        step_tree, merged = base, None
         if drafter is not None:
             room = None if context is None else context - cache[0].offset - 2
             merged = drafter.draft(base, candidates.tolist(), room)
         if merged is not None:
             step_tree, candidates = merged.tree, mx.array(merged.tokens)
-            step_mask, step_depths = mx.array(step_tree.mask), mx.array(step_tree.depths)
         if profile:
             mx.eval(candidates)
             timings.heads = time.perf_counter() - tic
@@ -167,7 +164,8 @@ def medusa_generate_step(
             # sequential RoPE offsets are exactly right, and cheaper.
             hidden, logits = model.forward(candidates[None], cache)
         else:
-            with tree_attention(model.position_slots, cache, step_mask, step_depths):
+            with tree_attention(model.position_slots, cache, mx.array(step_tree.mask),
+                                mx.array(step_tree.depths)):
                 hidden, logits = model.forward(candidates[None], cache)
         if profile:
             mx.eval(hidden, logits)

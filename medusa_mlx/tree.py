@@ -7,7 +7,7 @@ Every prefix of a path must itself be a path, so a node's parent is in the tree.
 """
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -156,12 +156,50 @@ def tree_from_parents(parents: Sequence[int], name: str = "merged") -> Tree:
     return Tree(name, tuple(paths), parents, depths, mask, np.zeros(n, np.int32), topk)
 
 
-TreeSpec = Union[str, Sequence[Sequence[int]], Tree]
+@dataclass(frozen=True)
+class DynamicTree:
+    """EAGLE-2's dynamic tree, grown anew each step by a context drafter
+    (``draft.dynamic_candidates``): at each depth the ``expand`` likeliest nodes
+    (by cumulative draft probability) get ``expand`` children each, and the
+    ``nodes`` likeliest nodes overall (root included) are verified. Spec:
+    ``"dynamic-N"`` (N nodes, depth up to the drafter's ``max_depth``)."""
+
+    nodes: int
+    depth: int
+    expand: int = 4
+
+    @property
+    def name(self) -> str:
+        return f"dynamic-{self.nodes}"
+
+    @property
+    def size(self) -> int:
+        return self.nodes
+
+    @property
+    def is_chain(self) -> bool:
+        return False
+
+
+def dynamic_tree(spec: str, max_depth: int) -> Optional[DynamicTree]:
+    """``"dynamic-N"`` -> a DynamicTree of N nodes (2 <= N <= MAX_TREE_NODES); other specs: None."""
+    if not (isinstance(spec, str) and spec.startswith("dynamic-")):
+        return None
+    count = spec[len("dynamic-"):]
+    if not count.isdigit() or not 2 <= int(count) <= MAX_TREE_NODES:
+        raise ValueError(f"dynamic tree {spec!r}: give its node count, 2 to {MAX_TREE_NODES} "
+                         "(e.g. dynamic-8)")
+    return DynamicTree(int(count), max(1, min(max_depth, MAX_TREE_DEPTH)))
+
+
+TreeSpec = Union[str, Sequence[Sequence[int]], Tree, DynamicTree]
 
 
 def tree_from_spec(tree: TreeSpec, num_heads: int) -> Tree:
     """A preset name, a list of paths or a built Tree -> Tree usable with
     ``num_heads`` heads (paths deeper than the heads can reach are dropped)."""
+    if isinstance(tree, DynamicTree) or dynamic_tree(tree, num_heads) is not None:
+        return tree if isinstance(tree, DynamicTree) else dynamic_tree(tree, num_heads)
     if isinstance(tree, Tree):
         built = tree
     elif isinstance(tree, str):
@@ -192,6 +230,8 @@ def saved_tree(model) -> Union[str, list]:
     heads = getattr(model, "heads", None)
     extra = getattr(getattr(heads, "args", None), "extra", None) or {}
     paths = extra.get("tree")
+    if isinstance(paths, str):  # a preset name or "dynamic-N"
+        return paths
     return [tuple(p) for p in paths] if paths else AUTO_FALLBACK
 
 

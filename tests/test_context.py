@@ -34,7 +34,7 @@ from medusa_mlx.chat.session import ChatSession
 from medusa_mlx.draft import context_candidates, context_plan
 from medusa_mlx.generate import medusa_generate_step
 from medusa_mlx.loaders.llama2c import load_llama2c
-from medusa_mlx.model import is_context, medusa_model
+from medusa_mlx.model import attach_heads, is_context, medusa_model
 from medusa_mlx.server.requests import GenerationRequest
 from medusa_mlx.server.worker import Failed, Finished, Job, Worker
 from medusa_mlx.tree import tree_for_model, tree_from_spec
@@ -135,6 +135,35 @@ def test_greedy_token_identical_and_accepting(arch):
                 off_first += off_first_branch(acceptor)
     assert max(accepted) >= 2 and rejected > 0, f"{arch}: accepted {np.bincount(accepted)}"
     assert off_first > 0, f"{arch}: never accepted down a non-first branch of tree-16"
+
+
+def test_dynamic_tree_is_exact_accepts_deep_and_keeps_the_cache_fresh(fitted_llama):
+    """EAGLE-2's dynamic tree (tree="dynamic-N"): grown each step from the
+    drafter's cumulative probabilities, verified like any tree."""
+    model, seen = fitted_llama
+    for prompt in (seen[0], PROMPT):
+        ref = plain_greedy(model.backbone, prompt, NEW_TOKENS)
+        for spec in ("dynamic-4", "dynamic-12"):
+            cache, drafter_cache = model.make_cache(), model.make_drafter_cache()
+            acceptor = RecordingAcceptor()
+            out, steps = run(model, prompt, NEW_TOKENS, tree=spec, acceptor=acceptor,
+                             prompt_cache=cache, drafter_cache=drafter_cache)
+            assert out == ref, spec
+            sizes = {tree.size for tree, _ in acceptor.steps}
+            assert sizes == {int(spec.split("-")[1])}, sizes
+            if prompt is seen[0]:
+                assert max(s.accepted for s in steps) >= 3, spec
+            assert_fresh(model, drafter_cache, prompt + out[:-1])
+    shapes = {tuple(tree.parents.tolist()) for tree, _ in acceptor.steps}
+    assert len(shapes) > 1, "the tree never changed shape: not dynamic"
+
+
+def test_a_dynamic_tree_needs_a_context_drafter():
+    backbone = tiny_model("llama")
+    with pytest.raises(ValueError, match="grown each step by a context drafter"):
+        run(attach_heads(backbone, num_heads=3), [1, 2, 3], 8, tree="dynamic-8")
+    with pytest.raises(ValueError, match="node count"):
+        tree_from_spec("dynamic-x", 4)
 
 
 # ---------------------------------------------------------------- the drafter's cache
