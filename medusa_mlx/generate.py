@@ -117,9 +117,8 @@ def medusa_generate_step(
     tic = time.perf_counter()
     continuing = cache[0].offset > 0  # the prompt extends a conversation in the cache
     contextual = is_context(model.heads) and proposer is None
-    if isinstance(tree, DynamicTree) and not contextual:
-        raise ValueError(f"tree '{tree.name}' is grown each step by a context drafter; "
-                         "these heads draft static trees only")
+    if isinstance(tree, DynamicTree) and not contextual:  # a proposer drafts static trees
+        raise ValueError(f"tree '{tree.name}' is grown by the context drafter, not a proposer")
     if contextual:
         drafter_cache = drafter_cache if drafter_cache is not None else model.make_drafter_cache()
         drafter_cache.align(cache[0].offset)

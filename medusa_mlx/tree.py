@@ -243,8 +243,13 @@ def tree_for_model(tree: TreeSpec, model) -> Tree:
     if isinstance(tree, str) and tree == "auto":
         chosen = saved_tree(model)
         built = tree_from_spec(chosen, model.num_heads)
-        return built if isinstance(chosen, str) else build_tree(built.paths[1:], name="auto")
-    return tree_from_spec(tree, model.num_heads)
+        built = built if isinstance(chosen, str) else build_tree(built.paths[1:], name="auto")
+    else:
+        built = tree_from_spec(tree, model.num_heads)
+    if isinstance(built, DynamicTree) and getattr(model.heads, "kind", None) != "context":
+        raise ValueError(f"tree '{built.name}' is grown each step by a context drafter; "
+                         "these heads draft static trees only")
+    return built
 
 
 def expanded_nodes(paths) -> int:
