@@ -35,7 +35,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache
 
 from .errors import ConfigError
-from .safe_files import MAX_HIDDEN, MAX_VOCAB, is_int, read_safetensors_header
+from .safe_files import MAX_HIDDEN, MAX_VOCAB, check_int, check_tensors, read_safetensors_header
 from .tree import PRESETS, check_paths, dynamic_tree
 
 KIND = "context"
@@ -93,23 +93,15 @@ class DrafterArgs:
                    {k: v for k, v in config.items() if k not in known})
 
 
-def _check_int(config: dict, key: str, low: int, high: int, optional: bool = False) -> None:
-    value = config.get(key)
-    if value is None and optional:
-        return
-    if not is_int(value) or not low <= value <= high:
-        raise ConfigError(f"context drafter config {key} is {value!r:.40}, expected an "
-                          f"integer from {low} to {high}")
-
-
 def check_config(config: dict) -> None:
     """Every value within its sane range before anything is allocated from it."""
-    _check_int(config, "hidden_size", 1, MAX_HIDDEN)
-    _check_int(config, "vocab_size", 1, MAX_VOCAB, optional=True)
-    _check_int(config, "num_attention_heads", 1, 256)
-    _check_int(config, "num_key_value_heads", 1, 256)
-    _check_int(config, "intermediate_size", 1, 16 * MAX_HIDDEN)
-    _check_int(config, "max_depth", 1, MAX_DEPTH, optional=True)
+    for key, low, high, optional in (("hidden_size", 1, MAX_HIDDEN, False),
+                                     ("vocab_size", 1, MAX_VOCAB, True),
+                                     ("num_attention_heads", 1, 256, False),
+                                     ("num_key_value_heads", 1, 256, False),
+                                     ("intermediate_size", 1, 16 * MAX_HIDDEN, False),
+                                     ("max_depth", 1, MAX_DEPTH, True)):
+        check_int(config, key, low, high, "context drafter", optional)
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     if config["hidden_size"] % heads or heads % kv_heads:
         raise ConfigError(f"context drafter config: hidden_size {config['hidden_size']} must "
@@ -295,18 +287,7 @@ def load_drafter(config: dict, weights: Path) -> ContextDrafter:
     """A drafter from its checked config and weights file (``heads.load_heads``
     reads the config and dispatches here on ``"kind": "context"``)."""
     drafter = ContextDrafter(DrafterArgs.from_config(config))
-    found = read_safetensors_header(weights)
-    expected = {name: tuple(p.shape) for name, p in tree_flatten(drafter.parameters())}
-    for name, shape in expected.items():
-        if name not in found:
-            raise ConfigError(f"{weights} has no tensor {name} (the config implies it)")
-        if tuple(found[name].shape) != shape:
-            raise ConfigError(f"{weights}: {name} has shape {list(found[name].shape)}, "
-                              f"the config implies {list(shape)}")
-    extra = sorted(set(found) - set(expected))
-    if extra:
-        raise ConfigError(f"{weights} has tensor {extra[0]!r:.80}, which the config does not "
-                          "describe")
+    check_tensors(weights, read_safetensors_header(weights), drafter)
     drafter.load_weights(str(weights), strict=True)
     mx.eval(drafter.parameters())
     return drafter

@@ -31,7 +31,8 @@ from mlx.utils import tree_flatten
 from .context import KIND as CONTEXT_KIND, load_drafter
 from .errors import ConfigError
 from .safe_files import (
-    MAX_HIDDEN, MAX_VOCAB, inside, is_int, read_json, read_safetensors_header, regular_file,
+    MAX_HIDDEN, MAX_VOCAB, check_int, check_tensors, inside, is_int, read_json,
+    read_safetensors_header, regular_file,
 )
 from .tree import check_paths
 
@@ -93,15 +94,6 @@ class HeadsArgs:
         )
 
 
-def _check_int(config: dict, key: str, low: int, high: int, optional: bool = False) -> None:
-    value = config.get(key)
-    if value is None and optional:
-        return
-    if not is_int(value) or not low <= value <= high:
-        raise ConfigError(f"heads config {key} is {value!r:.40}, expected an integer "
-                          f"from {low} to {high}")
-
-
 def check_config(config: dict) -> None:
     """Every value of a heads config (see the README's Heads format) within its sane
     range, before anything is allocated from it."""
@@ -109,10 +101,10 @@ def check_config(config: dict) -> None:
     for key in ("shared_lm_head", "sequential_heads"):
         if not isinstance(config.get(key, False), bool):
             raise ConfigError(f"heads config {key} is {config[key]!r:.40}, expected true/false")
-    _check_int(config, "hidden_size", 1, MAX_HIDDEN)
-    _check_int(config, "vocab_size", 1, MAX_VOCAB, optional=shared)
-    _check_int(config, "medusa_num_heads", 1, MAX_HEADS)
-    _check_int(config, "medusa_num_layers", 0, MAX_LAYERS)
+    check_int(config, "hidden_size", 1, MAX_HIDDEN, "heads")
+    check_int(config, "vocab_size", 1, MAX_VOCAB, "heads", optional=shared)
+    check_int(config, "medusa_num_heads", 1, MAX_HEADS, "heads")
+    check_int(config, "medusa_num_layers", 0, MAX_LAYERS, "heads")
     if "quantization" in config:
         q = config["quantization"]
         if not (isinstance(q, dict) and q.get("group_size") in QUANT_GROUP_SIZES
@@ -312,22 +304,12 @@ def load_heads(path):
 def _check_tensors(weights: Path, heads: MedusaHeads) -> None:
     """The file holds exactly the tensors the config implies, in their shapes."""
     found = read_safetensors_header(weights)
-    expected = {name: tuple(p.shape) for name, p in tree_flatten(heads.parameters())}
     held = {int(n.split(".")[1]) for n in found if n.split(".")[:1] == ["heads"]
             and n.split(".")[1].isdigit()}
     if len(held) != heads.num_heads:
         raise ConfigError(f"{weights} holds tensors of {len(held)} heads, its config says "
                           f"medusa_num_heads={heads.num_heads}")
-    for name, shape in expected.items():
-        if name not in found:
-            raise ConfigError(f"{weights} has no tensor {name} (the config implies it)")
-        if found[name].shape != shape:
-            raise ConfigError(f"{weights}: {name} has shape {list(found[name].shape)}, "
-                              f"the config implies {list(shape)}")
-    extra = sorted(set(found) - set(expected))
-    if extra:
-        raise ConfigError(f"{weights} has tensor {extra[0]!r:.80}, which the config does not "
-                          "describe")
+    check_tensors(weights, found, heads)
 
 
 def _quantization_of(heads: MedusaHeads) -> Optional[dict]:

@@ -50,6 +50,18 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_int(config: dict, key: str, low: int, high: int, what: str,
+              optional: bool = False) -> None:
+    """``config[key]`` is an integer in [low, high] (or absent, when ``optional``);
+    else a ConfigError naming ``what`` config and the key."""
+    value = config.get(key)
+    if value is None and optional:
+        return
+    if not is_int(value) or not low <= value <= high:
+        raise ConfigError(f"{what} config {key} is {value!r:.40}, expected an integer "
+                          f"from {low} to {high}")
+
+
 def regular_file(path, what: str = "file") -> Path:
     """``path`` if it is a regular file (links followed); FIFOs, devices and folders
     are refused without being opened."""
@@ -172,3 +184,21 @@ def _tensor_info(path: Path, name: str, entry, data_size: int) -> TensorInfo:
         raise CheckpointError(f"{where}: shape {shape} needs {nbytes} bytes, "
                               f"its data_offsets hold {offsets[1] - offsets[0]}")
     return TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def check_tensors(weights: Path, found: dict, module) -> None:
+    """``found`` (a safetensors header) holds exactly ``module``'s parameters, in
+    their shapes; else one ConfigError naming the first difference."""
+    from mlx.utils import tree_flatten
+
+    expected = {name: tuple(p.shape) for name, p in tree_flatten(module.parameters())}
+    for name, shape in expected.items():
+        if name not in found:
+            raise ConfigError(f"{weights} has no tensor {name} (the config implies it)")
+        if tuple(found[name].shape) != shape:
+            raise ConfigError(f"{weights}: {name} has shape {list(found[name].shape)}, "
+                              f"the config implies {list(shape)}")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise ConfigError(f"{weights} has tensor {extra[0]!r:.80}, which the config does not "
+                          "describe")

@@ -667,7 +667,9 @@ drafter_case("intermediate-10^12", config_patch=patch(intermediate_size=10 ** 12
 drafter_case("max-depth-99", config_patch=patch(max_depth=99))
 drafter_case("rope-theta-negative", config_patch=patch(rope_theta=-1.0))
 drafter_case("norm-eps-string", config_patch=patch(norm_eps="1e-5"))
-drafter_case("tree-not-a-list", config_patch=patch(tree="tree-8"))
+# A drafter config may name a preset or "dynamic-N" (EAGLE-2); anything else is refused.
+drafter_case("tree-unknown-name", config_patch=patch(tree="tree-banana"))
+drafter_case("tree-dynamic-0", config_patch=patch(tree="dynamic-0"))
 drafter_case("head-vocab-beyond", config_patch=patch(head_vocab=[1, 512]))
 drafter_case("tensor-missing", tensors_patch=without("norm.weight"))
 drafter_case("tensor-extra", tensors_patch=lambda ts: {**ts, "evil": np.zeros(3, np.float32)})

@@ -19,7 +19,6 @@ its own pass-(k-1) outputs as features, as deeper tree nodes see at decoding.
 """
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,10 +27,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
 
 from ..backbone import find_body, hidden_and_logits
-from ..context import ContextDrafter, load_drafter, save_drafter
+from ..context import ContextDrafter
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 
 IGNORE = -1
 
@@ -238,31 +237,6 @@ def make_optimizer(config: ContextTrainConfig) -> optim.Optimizer:
     return optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
 
 
-CHECKPOINTS = "checkpoints"
-
-
-def save_checkpoint(out_dir: Path, drafter: ContextDrafter, optimizer, step: int) -> None:
-    path = Path(out_dir) / CHECKPOINTS / f"step-{step:06d}"
-    save_drafter(path, drafter)
-    mx.save_safetensors(str(path / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    (path / "trainer.json").write_text(json.dumps({"step": step}) + "\n")
-
-
-def resume_checkpoint(out_dir: Path, drafter: ContextDrafter, optimizer) -> int:
-    """Restore the latest complete checkpoint in place; the step reached (0: none)."""
-    found = [p for p in sorted((Path(out_dir) / CHECKPOINTS).glob("step-*"))
-             if (p / "trainer.json").exists()]
-    if not found:
-        return 0
-    config = json.loads((found[-1] / "config.json").read_text())
-    drafter.update(load_drafter(config, found[-1] / "model.safetensors").parameters())
-    optimizer.init(drafter.trainable_parameters())
-    state = mx.load(str(found[-1] / "optimizer.safetensors"))
-    optimizer.state = tree_unflatten(list(state.items()))
-    mx.eval(drafter.parameters(), optimizer.state)
-    return json.loads((found[-1] / "trainer.json").read_text())["step"]
-
-
 def train_drafter(drafter: ContextDrafter, weight: mx.array, embed: Callable,
                   data: SequenceFeatures, slots: np.ndarray, config: ContextTrainConfig,
                   out_dir: Optional[Path] = None, resume: bool = False, log=print,
@@ -274,7 +248,8 @@ def train_drafter(drafter: ContextDrafter, weight: mx.array, embed: Callable,
     run cut into chunks, each resumed from the last one's checkpoint). Returns
     per-step logs."""
     optimizer = make_optimizer(config)
-    start = resume_checkpoint(out_dir, drafter, optimizer) if resume and out_dir else 0
+    found = latest_checkpoint(out_dir) if resume and out_dir else None
+    start = load_checkpoint(found, drafter, optimizer) if found else 0
 
     def loss_fn(model, feats, tokens, targets, mask):
         return drafter_loss(model, weight, embed, feats, tokens, targets, mask,
