@@ -210,14 +210,18 @@ def drafter_args_for(hidden_size: int, vocab_size: int, backbone_args=None,
                      **overrides) -> DrafterArgs:
     """A drafter shaped like a backbone layer: heads, key/value heads, MLP width and
     RoPE base from the backbone's args where it has them."""
-    def get(name, default):
-        return getattr(backbone_args, name, None) or default
+    def get(*names, default=None):
+        return next((v for v in (getattr(backbone_args, n, None) for n in names) if v), default)
 
-    heads = get("num_attention_heads", max(1, hidden_size // 64))
+    heads = get("num_attention_heads", "n_head", "n_heads", default=max(1, hidden_size // 64))
+    kv_heads = get("num_key_value_heads", "n_kv_heads", "n_head_kv", default=heads)
+    if hidden_size % heads or heads % kv_heads:  # e.g. an explicit head_dim: heads of 64
+        heads = max(h for h in range(1, max(1, hidden_size // 64) + 1) if hidden_size % h == 0)
+        kv_heads = heads
     fields = dict(num_attention_heads=heads,
-                  num_key_value_heads=get("num_key_value_heads", heads),
-                  intermediate_size=get("intermediate_size", 4 * hidden_size),
-                  rope_theta=float(get("rope_theta", 10000.0)))
+                  num_key_value_heads=kv_heads,
+                  intermediate_size=get("intermediate_size", default=4 * hidden_size),
+                  rope_theta=float(get("rope_theta", default=10000.0)))
     fields.update(overrides)
     return DrafterArgs(hidden_size, vocab_size, **fields)
 
