@@ -155,44 +155,49 @@ def dynamic_candidates(model: MedusaModel, cache: DrafterCache, root: int,
     drafter's head-vocabulary distribution along the path) each get their
     ``spec.expand`` best children; the ``spec.nodes`` likeliest nodes overall are
     verified. A child is never likelier than its parent, so the selection is a
-    tree. One host sync per depth (the choice of nodes to expand)."""
-    drafter, project = model.heads, model.head_projection or model.output_path
-    x = cache.catch_up(drafter, model.embed, root)[None]
+    tree. The growth stays on the device (every depth expands exactly ``expand``
+    nodes, so each one's ancestors are one row per earlier depth): one host sync
+    at the end builds the tree. Measured on SmolLM2 (pilot drafter, OpenBLAS):
+    drafting dynamic-8 at depth 5 costs 20.8 ms a step (23.1 ms with a sync per
+    depth) against 9.9 ms for tree-8 (depth 3): the drafter forwards per depth,
+    not the syncs, are the cost, so fewer depths are what would pay."""
+    drafter, project, E = model.heads, model.head_projection or model.output_path, spec.expand
+    x = cache.catch_up(drafter, model.embed, root)[None]  # the frontier's outputs: the root's
     prefix = cache.kv.offset
-    parents, tokens, scores, depths = [-1], [root], [0.0], [0]
-    frontier, entries, row_of = [0], [], {0: 0}  # expanded nodes, appended entries, rows of x
-    ancestry = {0: set()}  # node -> the appended entries on its path (its own included)
+    front_scores, ancestors = mx.zeros((1,)), mx.zeros((1, 0), dtype=mx.int32)
+    levels = []  # per depth: (tokens, scores) of the frontier's E children each, and the frontier
+    eye = mx.arange(E)
     try:
         for d in range(spec.depth):
-            if d > 0:
-                rows = [parents[j] for j in frontier]
-                entries += frontier
-                mask = np.ones((len(frontier), prefix + len(entries)), dtype=bool)
-                for r, j in enumerate(frontier):
-                    ancestry[j] = ancestry[parents[j]] | {len(entries) - len(frontier) + r}
-                    mask[r, prefix:] = [e in ancestry[j] for e in range(len(entries))]
-                x = drafter(x[mx.array([row_of[p] for p in rows])][None],
-                            model.embed(mx.array([tokens[j] for j in frontier]))[None], cache.kv,
-                            positions=mx.full((len(frontier),), cache.end + d - 1),
-                            mask=mx.array(mask))[0]
-            row_of = {j: r for r, j in enumerate(frontier)}
+            if d > 0:  # the frontier: the E likeliest of the last level's children
+                frontier = mx.argpartition(-levels[-1][1], kth=E - 1)[:E]
+                parent_row = frontier // E
+                ancestors = mx.concatenate([ancestors[parent_row], eye[:, None]], axis=1)
+                blocks = [ancestors[:, j:j + 1] == eye[None] for j in range(d)]
+                mask = mx.concatenate([mx.ones((E, prefix), dtype=mx.bool_)] + blocks, axis=1)
+                x = drafter(x[parent_row][None], model.embed(levels[-1][0][frontier])[None],
+                            cache.kv, positions=mx.full((E,), cache.end + d - 1), mask=mask)[0]
+                front_scores = levels[-1][1][frontier]
+                levels[-1] = levels[-1][:2] + (frontier,)
             logp = nn.log_softmax(project(x).astype(mx.float32), axis=-1)
-            top = mx.argpartition(-logp, kth=spec.expand - 1, axis=-1)[:, : spec.expand]
-            top_logp = mx.take_along_axis(logp, top, axis=-1)
-            if model.head_vocab is not None:
-                top = model.head_vocab[top]
-            top, top_logp = top.tolist(), top_logp.tolist()
-            children = []
-            for r, j in enumerate(frontier):
-                for t, lp in zip(top[r], top_logp[r]):
-                    parents.append(j)
-                    tokens.append(t)
-                    scores.append(scores[j] + lp)
-                    depths.append(d + 1)
-                    children.append(len(tokens) - 1)
-            frontier = sorted(children, key=lambda j: -scores[j])[: spec.expand]
+            top = mx.argpartition(-logp, kth=E - 1, axis=-1)[:, :E]
+            scores = (front_scores[:, None] + mx.take_along_axis(logp, top, axis=-1)).reshape(-1)
+            top = top if model.head_vocab is None else model.head_vocab[top]
+            levels.append((top.reshape(-1), scores, None))
+        mx.eval(levels)
     finally:
         cache.kv.trim(cache.kv.offset - prefix)  # back to the text's entries
+    # Host side: global node ids, the likeliest spec.nodes, parents before children.
+    parents, tokens, scores, depths, ids_of_frontier = [-1], [root], [0.0], [0], [0]
+    for d, (level_tokens, level_scores, frontier) in enumerate(levels):
+        first = len(tokens)
+        for c, (t, sc) in enumerate(zip(level_tokens.tolist(), level_scores.tolist())):
+            parents.append(ids_of_frontier[c // E])
+            tokens.append(t)
+            scores.append(sc)
+            depths.append(d + 1)
+        if frontier is not None:
+            ids_of_frontier = [first + i for i in frontier.tolist()]
     keep = sorted(range(len(tokens)), key=lambda j: (-scores[j], depths[j]))[: spec.nodes]
     keep.sort(key=lambda j: (depths[j], -scores[j]))  # parents first, likelier siblings first
     index = {j: i for i, j in enumerate(keep)}
