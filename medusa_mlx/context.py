@@ -263,8 +263,10 @@ class DrafterCache:
         """At the start of a generation whose backbone cache holds n tokens: drop
         what the backbone no longer holds; a cache that knows less (made after
         the text was cached) starts at n."""
-        if self.end != n:
-            self.trim_to(n) if self.end > n else self.__init__(n)
+        if self.end > n:
+            self.trim_to(n)
+        elif self.end < n:
+            self.__init__(n)
 
     def catch_up(self, drafter: ContextDrafter, embed: Callable, root: int) -> mx.array:
         """Add every missing entry, the last one pairing f_{end-1} with ``root``

@@ -137,8 +137,6 @@ def context_candidates(model: MedusaModel, cache: DrafterCache, root: int, tree:
                 position = cache.end + d - 1
                 x = drafter(features[rows][None], model.embed(tokens[rows])[None], cache.kv,
                             positions=mx.full((tail.shape[0],), position), mask=mask)[0]
-            else:
-                rows = mx.array([0])
             top = _top_tokens(model, project(x), branches.topk[d])
             tokens = top[branches.parent_row[d], branches.rank[d]]
             features = x[branches.parent_row[d]]

@@ -198,8 +198,9 @@ TreeSpec = Union[str, Sequence[Sequence[int]], Tree, DynamicTree]
 def tree_from_spec(tree: TreeSpec, num_heads: int) -> Tree:
     """A preset name, a list of paths or a built Tree -> Tree usable with
     ``num_heads`` heads (paths deeper than the heads can reach are dropped)."""
-    if isinstance(tree, DynamicTree) or dynamic_tree(tree, num_heads) is not None:
-        return tree if isinstance(tree, DynamicTree) else dynamic_tree(tree, num_heads)
+    dynamic = tree if isinstance(tree, DynamicTree) else dynamic_tree(tree, num_heads)
+    if dynamic is not None:
+        return dynamic
     if isinstance(tree, Tree):
         built = tree
     elif isinstance(tree, str):
