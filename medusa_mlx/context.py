@@ -21,17 +21,16 @@ from-scratch pass over the same text. Tree nodes' entries are temporary: they
 are dropped again after drafting.
 
 Config: a heads folder whose ``config.json`` says ``"kind": "context"``
-(same ``model.safetensors`` + ``config.json`` layout as Medusa heads).
+(same ``model.safetensors`` + ``config.json`` layout as Medusa heads;
+``heads.save_heads`` writes both kinds).
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache
 
 from .errors import ConfigError
@@ -40,8 +39,6 @@ from .tree import PRESETS, check_paths, dynamic_tree
 
 KIND = "context"
 MAX_DEPTH = 16
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -277,16 +274,6 @@ class DrafterCache:
         nxt = self.tokens[first - self.start + 1:] + [root]
         out = drafter(features[None], embed(mx.array(nxt))[None], self.kv, positions=first)
         return out[0, -1]
-
-
-def save_drafter(path, drafter: ContextDrafter, extra_config: Optional[dict] = None) -> None:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config = drafter.args.to_config()
-    config.update(extra_config or {})
-    weights = dict(tree_flatten(drafter.parameters()))
-    mx.save_safetensors(str(path / WEIGHTS_FILE), weights, metadata={"format": "mlx"})
-    (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def load_drafter(config: dict, weights: Path) -> ContextDrafter:

@@ -119,11 +119,12 @@ def medusa_generate_step(
     contextual = is_context(model.heads) and proposer is None
     if isinstance(tree, DynamicTree) and not contextual:  # a proposer drafts static trees
         raise ValueError(f"tree '{tree.name}' is grown by the context drafter, not a proposer")
-    if contextual:
+    if not contextual:  # Medusa heads or a proposer: no drafter cache to keep
+        drafter_cache = None
+    else:
         drafter_cache = drafter_cache if drafter_cache is not None else model.make_drafter_cache()
         drafter_cache.align(cache[0].offset)
-    hidden, logits = _prefill(model, prompt, cache, prefill_step_size,
-                              drafter_cache if contextual else None)
+    hidden, logits = _prefill(model, prompt, cache, prefill_step_size, drafter_cache)
     root = acceptor.first_token(logits[0, -1])
     last_hidden = hidden[0, -1]
     history = list(prompt.tolist()) + [root]
@@ -147,7 +148,7 @@ def medusa_generate_step(
             candidates = mx.array([root])
         else:  # a dynamic tree comes back grown for this step
             base, candidates = draft_step(model, base, plan, root, last_hidden, history, proposer,
-                                          drafter_cache if contextual else None)
+                                          drafter_cache)
         step_tree, merged = base, None
         if drafter is not None:
             room = None if context is None else context - cache[0].offset - 2
@@ -174,7 +175,7 @@ def medusa_generate_step(
         tokens = _truncate(tokens, eos, max_tokens - emitted)
         # The cache must end up holding the root + every emitted token but the last.
         compact_cache(cache, prefix_len, result.nodes[: len(tokens)])
-        if contextual:  # the drafter learns the verified text: root + accepted nodes
+        if drafter_cache is not None:  # the drafter learns the verified text: root + accepted
             drafter_cache.append(hidden[0, mx.array(result.nodes[: len(tokens)])],
                                  [root] + tokens[:-1])
         last_hidden = hidden[0, result.nodes[len(tokens) - 1]]

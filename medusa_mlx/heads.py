@@ -253,8 +253,9 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def save_heads(path, heads: MedusaHeads, extra_config: Optional[dict] = None) -> None:
-    """Write ``model.safetensors`` + ``config.json`` into the folder ``path``."""
+def save_heads(path, heads, extra_config: Optional[dict] = None) -> None:
+    """Write ``model.safetensors`` + ``config.json`` into the folder ``path``:
+    Medusa heads or a context drafter (``load_heads`` reads either back)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = heads.args.to_config()
@@ -312,8 +313,8 @@ def _check_tensors(weights: Path, heads: MedusaHeads) -> None:
     check_tensors(weights, found, heads)
 
 
-def _quantization_of(heads: MedusaHeads) -> Optional[dict]:
-    for head in heads.heads:
+def _quantization_of(heads) -> Optional[dict]:
+    for head in getattr(heads, "heads", ()):  # a context drafter is never quantized
         proj = getattr(head, "lm_head", None)
         if isinstance(proj, nn.QuantizedLinear):
             return {"group_size": proj.group_size, "bits": proj.bits}

@@ -27,9 +27,9 @@ from medusa_mlx.bench import cli as bench_cli
 from medusa_mlx.attention import tree_attention
 from medusa_mlx.backbone import inspect_backbone, lm_head_weight
 from medusa_mlx import load
-from medusa_mlx.context import drafter_args_for, init_drafter, save_drafter
+from medusa_mlx.context import drafter_args_for, init_drafter
 from medusa_mlx.conversation import encode_prompt
-from medusa_mlx.heads import load_heads
+from medusa_mlx.heads import load_heads, save_heads
 from medusa_mlx.chat.session import ChatSession
 from medusa_mlx.draft import context_candidates, context_plan
 from medusa_mlx.generate import medusa_generate_step
@@ -38,7 +38,8 @@ from medusa_mlx.model import attach_heads, is_context, medusa_model
 from medusa_mlx.server.requests import GenerationRequest
 from medusa_mlx.server.worker import Failed, Finished, Job, Worker
 from medusa_mlx.tree import tree_for_model, tree_from_spec
-from medusa_mlx.training.context import ContextTrainConfig, sequence_features, train_drafter
+from medusa_mlx.training.context import ContextTrainConfig, train_drafter
+from medusa_mlx.training.sequences import sequence_features
 from required_data import require_file
 from test_acceptors import SETTINGS, chi_square, complete, exact_distribution
 from test_chat import stories_with_tokenizers
@@ -357,7 +358,7 @@ def test_save_load_round_trip_and_saved_tree(stories, shared_dir, tmp_path):
     """save_drafter -> load(model, medusa=folder): same weights, ``tree="auto"``
     is the tree saved in the config, greedy output exact and the same tokens."""
     model, tokenizer, _ = stories
-    save_drafter(tmp_path / "drafter", model.heads, {"tree": [list(p) for p in SAVED_TREE]})
+    save_heads(tmp_path / "drafter", model.heads, {"tree": [list(p) for p in SAVED_TREE]})
     loaded, _ = load(str(shared_dir / "data" / "stories260K.bin"), medusa=str(tmp_path / "drafter"))
     assert is_context(loaded.heads) and replace(loaded.heads.args, extra={}) == model.heads.args
     for (name, a), (_, b) in zip(tree_flatten(model.heads.parameters()),
@@ -395,7 +396,7 @@ def test_benchmark_runs_with_a_drafter_folder(stories, shared_dir, tmp_path):
     """``medusa_mlx.bench --medusa <drafter folder>``: every method exact, the
     profile's heads column is the drafting cost, the config says the kind."""
     model, _, _ = stories
-    save_drafter(tmp_path / "drafter", model.heads)
+    save_heads(tmp_path / "drafter", model.heads)
     args = bench_cli.configure_parser().parse_args([
         "--model", str(shared_dir / "data" / "stories260K.bin"), "--medusa", str(tmp_path / "drafter"),
         "--trees", "chain-3,tree-8", "--max-tokens", "24", "--num-prompts", "2", "--verify-sizes", ""])

@@ -8,7 +8,6 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..context import ContextDrafter, save_drafter
 from ..heads import MedusaHeads, load_heads, save_heads
 
 CHECKPOINTS = "checkpoints"
@@ -17,7 +16,7 @@ CHECKPOINTS = "checkpoints"
 def save_checkpoint(out_dir: Path, heads, optimizer, step: int) -> Path:
     """Medusa heads or a context drafter (``load_heads`` reads either back)."""
     path = Path(out_dir) / CHECKPOINTS / f"step-{step:06d}"
-    (save_drafter if isinstance(heads, ContextDrafter) else save_heads)(path, heads)
+    save_heads(path, heads)
     mx.save_safetensors(str(path / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
     (path / "trainer.json").write_text(json.dumps({"step": step}) + "\n")
     return path

@@ -102,8 +102,7 @@ def configure_parser() -> ArgumentParser:
 def training_data(backbone, tokenizer, args, data_config, log):
     """The records of ``--data`` (answered, held-out split) and the answer stores
     of ``--answers``; held-out positions come from ``--data`` when given."""
-    from .data import Dataset, Features, prepare
-    from .prompt_sets import answer_dataset
+    from .data import Dataset, Features, answer_dataset, prepare
 
     parts = []
     if args.data:

@@ -6,8 +6,8 @@
 Unlike Medusa heads, the drafter attends over the text, so its training data
 is whole sequences, not independent positions: the backbone runs once over
 every answer (prompt included) and its features, tokens and own argmax
-predictions are cached per sequence (``SequenceFeatures``, an .npz under the
-cache folder). The loop then never runs the backbone.
+predictions are cached per sequence (``sequences.py``, shared with the Medusa
+trainer). The loop then never runs the backbone.
 
 Loss (EAGLE-1): the drafter reads [f_t ; e(x_{t+1})] causally and outputs g_t;
 ``feature_weight`` x smooth-L1(g_t, f_{t+1}) + ``token_weight`` x cross-entropy
@@ -18,7 +18,6 @@ With ``unroll`` > 1, training-time test (EAGLE-3): pass k feeds the drafter
 its own pass-(k-1) outputs as features, as deeper tree nodes see at decoding.
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,104 +27,11 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from ..backbone import find_body, hidden_and_logits
 from ..context import ContextDrafter
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .sequences import SequenceFeatures
 
 IGNORE = -1
-
-
-@dataclass
-class SequenceFeatures:
-    """Every sequence's backbone features, concatenated; sequence i is rows
-    ``offsets[i]:offsets[i+1]``, its answer labels start at ``starts[i]``."""
-
-    hidden: np.ndarray  # (N, H) float16
-    tokens: np.ndarray  # (N,) int32
-    predicted: np.ndarray  # (N,) int32: the base model's argmax after each position
-    offsets: np.ndarray  # (S + 1,) int64
-    starts: np.ndarray  # (S,) int32
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    @property
-    def positions(self) -> int:
-        """Positions trained on (answer positions with a next feature)."""
-        lengths = np.diff(self.offsets)
-        return int(np.maximum(lengths - 1 - self.starts, 0).sum())
-
-
-def sequence_features(model, sequences: list, batch_size: int = 8,
-                      progress=None) -> SequenceFeatures:
-    """One backbone call per batch of (tokens, start) sequences, shortest first
-    (right padding never changes earlier positions of a causal model)."""
-    body = find_body(model)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-    parts: dict = {}
-    for b in range(0, len(order), batch_size):
-        batch = order[b: b + batch_size]
-        width = max(len(sequences[i][0]) for i in batch)
-        ids = np.zeros((len(batch), width), dtype=np.int32)
-        for r, i in enumerate(batch):
-            ids[r, : len(sequences[i][0])] = sequences[i][0]
-        hidden, logits = hidden_and_logits(model, body, mx.array(ids))
-        predicted = mx.argmax(logits, axis=-1)
-        mx.eval(hidden, predicted)
-        hidden, predicted = np.array(hidden.astype(mx.float16)), np.array(predicted)
-        for r, i in enumerate(batch):
-            T = len(sequences[i][0])
-            parts[i] = (hidden[r, :T], ids[r, :T], predicted[r, :T].astype(np.int32))
-        if progress is not None:
-            progress(len(batch))
-    lengths = [len(s[0]) for s in sequences]
-    return SequenceFeatures(np.concatenate([parts[i][0] for i in range(len(sequences))]),
-                            np.concatenate([parts[i][1] for i in range(len(sequences))]),
-                            np.concatenate([parts[i][2] for i in range(len(sequences))]),
-                            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                            np.array([s[1] for s in sequences], dtype=np.int32))
-
-
-def save_sequence_features(path: Path, data: SequenceFeatures) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, hidden=data.hidden, tokens=data.tokens, predicted=data.predicted,
-             offsets=data.offsets, starts=data.starts)
-    tmp.replace(path)
-
-
-def load_sequence_features(path: Path) -> SequenceFeatures:
-    with np.load(path) as f:
-        return SequenceFeatures(f["hidden"], f["tokens"], f["predicted"], f["offsets"],
-                                f["starts"])
-
-
-def answer_sequence_features(model, model_spec: str, files: list, max_seq_len: int,
-                             cache_root, held_out: bool, max_sequences: Optional[int] = None,
-                             log=print) -> Optional[SequenceFeatures]:
-    """Cached features of the answers in ``files`` (training or held-out split,
-    ``prompt_sets.training_rows``), keyed by the model, the files' bytes and the
-    selection, so the backbone runs once per set of files."""
-    from .prompt_sets import read_answers, training_rows
-
-    digest = hashlib.sha256(f"{model_spec}|{max_seq_len}|{held_out}|{max_sequences}".encode())
-    for f in files:
-        digest.update(hashlib.sha256(Path(f).read_bytes()).digest())
-    path = Path(cache_root) / f"context-{digest.hexdigest()[:16]}.npz"
-    if path.exists():
-        data = load_sequence_features(path)
-        log(f"context features: {len(data)} sequences from cache {path}")
-        return data
-    rows = list(training_rows(read_answers(files), max_seq_len, held_out=held_out))
-    if max_sequences is not None and len(rows) > max_sequences:
-        pick = np.random.default_rng(0).choice(len(rows), max_sequences, replace=False)
-        rows = [rows[i] for i in sorted(pick)]
-    if not rows:
-        return None
-    data = sequence_features(model, rows)
-    save_sequence_features(path, data)
-    log(f"context features: {len(data)} sequences, {data.positions} positions -> {path}")
-    return data
 
 
 # ---------------------------------------------------------------------------

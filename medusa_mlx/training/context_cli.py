@@ -11,14 +11,15 @@ import mlx.core as mx
 import numpy as np
 
 from ..backbone import lm_head_weight, token_embedding
-from ..context import drafter_args_for, init_drafter, save_drafter
+from ..context import drafter_args_for, init_drafter
+from ..heads import save_heads
 from ..errors import UsageError
 from ..model import medusa_model
 from ..tree import PRESETS
-from .context import (IGNORE, ContextTrainConfig, answer_sequence_features, held_out_accuracy,
-                      train_drafter)
+from .context import IGNORE, ContextTrainConfig, held_out_accuracy, train_drafter
 from .head_vocab import choose_head_vocab
 from .prompt_sets import answer_files
+from .sequences import answer_sequence_features
 
 
 def answer_labels(data) -> np.ndarray:
@@ -41,7 +42,7 @@ def run(args, backbone, console, argv=None) -> None:
                                      args.cache_dir, held_out=False,
                                      max_sequences=args.max_records, log=console.print)
     held = answer_sequence_features(backbone, args.model, files, args.max_seq_len,
-                                    args.cache_dir, held_out=True, max_sequences=96,
+                                    args.cache_dir, held_out=True,
                                     log=console.print)
     if train is None:
         raise UsageError("no training answers in --answers")
@@ -95,5 +96,5 @@ def run(args, backbone, console, argv=None) -> None:
     }
     if args.tree != "none":
         extra["tree"] = [list(p) for p in PRESETS[args.tree]]
-    save_drafter(args.out, drafter, extra)
+    save_heads(args.out, drafter, extra)
     console.print(f"saved context drafter to {args.out} ({time.perf_counter() - tic:.0f} s in all)")

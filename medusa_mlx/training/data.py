@@ -29,7 +29,8 @@ import mlx.core as mx
 import numpy as np
 
 from .answers import AnswerCache, generate_batched
-from ..backbone import find_body, hidden_and_logits
+from .prompt_sets import answer_files
+from .sequences import SequenceFeatures, answer_sequence_features, sequence_features
 from ..conversation import encode_prompt
 
 MAX_LABEL_HEADS = 8  # label columns stored per position (heads trained <= this)
@@ -253,34 +254,38 @@ def relabel(labels: np.ndarray, vocab: np.ndarray) -> np.ndarray:
 
 def compute_features(model, sequences: list, batch_size: int = 8,
                      progress=None) -> Features:
-    """Run the frozen backbone once over every sequence (right-padded batches:
-    causal attention means padding never changes earlier positions). Hidden states
-    and predictions come from one backbone call per batch."""
-    body = find_body(model)
+    """The frozen backbone once over every sequence; positions grouped by sequence,
+    shortest first."""
+    rows = [(s.tokens, s.start) for s in sorted(sequences, key=lambda s: len(s.tokens))]
+    return position_features(sequence_features(model, rows, batch_size, progress))
+
+
+def position_features(data: SequenceFeatures) -> Features:
+    """Whole-sequence features -> the per-position pairs Medusa heads train on:
+    each answer position's hidden state, its head labels and z[t+1]."""
     hidden_parts, label_parts, next_parts = [], [], []
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
-    for b in range(0, len(order), batch_size):
-        batch = [sequences[i] for i in order[b : b + batch_size]]
-        width = max(len(s.tokens) for s in batch)
-        ids = np.zeros((len(batch), width), dtype=np.int32)
-        for r, s in enumerate(batch):
-            ids[r, : len(s.tokens)] = s.tokens
-        hidden, logits = hidden_and_logits(model, body, mx.array(ids))
-        predicted = mx.argmax(logits, axis=-1)
-        mx.eval(hidden, predicted)
-        hidden = np.array(hidden.astype(mx.float16))
-        predicted = np.array(predicted)
-        for r, s in enumerate(batch):
-            T = len(s.tokens)
-            # z[0] = x[0]; z[j] = the base model's prediction for position j.
-            targets = [s.tokens[0]] + predicted[r, :T].tolist()  # z[0 .. T]
-            hidden_parts.append(hidden[r, s.start : T])
-            label_parts.append(head_labels(targets[:T], s.start))
-            next_parts.append(np.asarray(targets[s.start + 1 : T + 1], dtype=np.int32))
-        if progress is not None:
-            progress(len(batch))
+    for i, start in enumerate(data.starts.tolist()):
+        o, end = int(data.offsets[i]), int(data.offsets[i + 1])
+        T = end - o
+        # z[0] = x[0]; z[j] = the base model's prediction for position j.
+        targets = np.concatenate([data.tokens[o: o + 1], data.predicted[o: end]])  # z[0 .. T]
+        hidden_parts.append(data.hidden[o + start: end])
+        label_parts.append(head_labels(targets[:T], start))
+        next_parts.append(targets[start + 1: T + 1].astype(np.int32))
     return Features(np.concatenate(hidden_parts), np.concatenate(label_parts),
                     np.concatenate(next_parts))
+
+
+def answer_dataset(model, model_spec: str, paths, max_seq_len: int, cache_root, log=print):
+    """Training and held-out positions of answer stores (split by prompt id),
+    from the cached sequence features the context drafter also reads."""
+    files = answer_files(paths)
+    splits = [answer_sequence_features(model, model_spec, files, max_seq_len, cache_root,
+                                       held_out=held, log=log) for held in (False, True)]
+    train, held = [position_features(d) if d is not None else None for d in splits]
+    log(f"answers: {len(train) if train else 0} training positions, "
+        f"{len(held) if held else 0} held out")
+    return Dataset(train, held, [], Path(cache_root))
 
 
 # ---------------------------------------------------------------------------

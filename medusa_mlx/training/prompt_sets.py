@@ -97,13 +97,13 @@ def held_out_prompts(prompts: list[Prompt], per_source: Optional[int] = None) ->
     return {s: g[:per_source] for s, g in sorted(groups.items())}
 
 
-def training_rows(rows, max_seq_len: int = 1024,
-                  held_out: bool = False) -> Iterator[tuple[list, int]]:
+def training_rows(rows, max_seq_len: int = 1024, held_out: bool = False,
+                  seen: Optional[set] = None) -> Iterator[tuple[list, int]]:
     """``(tokens, start)`` for every answer that may be trained on (with
-    ``held_out``: every held-out answer instead), each id once, sequences cut to
-    ``max_seq_len`` tokens; ``start`` is the last prompt position (the first
-    whose labels are answer tokens)."""
-    seen = set()
+    ``held_out``: every held-out answer instead), each id once (``seen``: ids
+    already taken, updated), sequences cut to ``max_seq_len`` tokens; ``start``
+    is the last prompt position (the first whose labels are answer tokens)."""
+    seen = set() if seen is None else seen
     for r in rows:
         if r["id"] in seen or is_held_out(r["id"]) != held_out or not r["answer_ids"]:
             continue
@@ -136,32 +136,3 @@ def answer_files(paths) -> list[Path]:
         else:
             raise FileNotFoundError(f"no answer file or folder at {p}")
     return files
-
-
-def answer_dataset(model, model_spec: str, paths, max_seq_len: int, cache_root, log=print):
-    """Training features from answer stores (held-out ids skipped) and held-out
-    features from the held-out answers they hold (generated prompts are answered
-    whatever their split). Cached under a key of the model and the files' bytes:
-    new chunks make a new key, the backbone runs once per set of files."""
-    from .data import Dataset, TokenSequence, compute_features, load_features, save_features
-
-    files = answer_files(paths)
-    digest = hashlib.sha256(f"{model_spec}|{max_seq_len}".encode())
-    for f in files:
-        digest.update(hashlib.sha256(f.read_bytes()).digest())
-    cache_dir = Path(cache_root) / f"answers-{digest.hexdigest()[:16]}"
-    features = {}
-    for split, held in (("train", False), ("held_out", True)):
-        path = cache_dir / f"features-{split}.npz"
-        if path.exists():
-            features[split] = load_features(path)
-            log(f"answers {split}: {len(features[split])} positions from cache {path}")
-            continue
-        sequences = [TokenSequence(t, s) for t, s in
-                     training_rows(read_answers(files), max_seq_len, held_out=held)]
-        features[split] = compute_features(model, sequences) if sequences else None
-        if features[split] is not None:
-            save_features(path, features[split])
-            log(f"answers {split}: {len(sequences)} answers, {len(features[split])} positions "
-                f"-> {path}")
-    return Dataset(features["train"], features["held_out"], [], cache_dir)
