@@ -136,3 +136,29 @@ def test_an_answer_folder_is_its_chunks_not_its_log(tmp_path):
     files = answer_files([tmp_path])
     assert [f.name for f in files] == ["real.0000.jsonl.gz"]
     assert [r["id"] for r in read_answers(files)] == ["oasst-1"]
+
+
+def test_status_counts_what_trains_per_source(tmp_path, capsys):
+    """``distill --status``: answers and positions per source, as the trainers count
+    them (answer tokens + the last prompt token's, cut at the sequence limit);
+    held-out answers and duplicates never count as training positions."""
+    from medusa_mlx.training.distill import main
+    from medusa_mlx.training.sequences import answer_sequences
+
+    held = next(f"oasst-{i}" for i in range(100) if is_held_out(f"oasst-{i}"))
+    train = [f"oasst-{i}" for i in range(100) if not is_held_out(f"oasst-{i}")][:2]
+    AnswerStore(tmp_path / "out").write_chunk("real", [
+        {"id": train[0], "prompt_ids": [1, 2], "answer_ids": [3, 4, 5]},
+        {"id": train[1], "prompt_ids": [1], "answer_ids": [6]},
+        {"id": train[1], "prompt_ids": [1], "answer_ids": [6, 7]},  # a duplicate id
+        {"id": held, "prompt_ids": [1], "answer_ids": [2]},
+        {"id": "magpie-3", "prompt_ids": [4, 5], "answer_ids": [8, 9]}])
+    with pytest.raises(SystemExit) as done:
+        main(["--status", "--out", str(tmp_path / "out"), "--head-start"])
+    assert done.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sources"]["oasst"] == {"answers": 2, "positions": 4 + 2, "held_out": 1}
+    assert report["total"]["positions"] == 6 + (3 if not is_held_out("magpie-3") else 0)
+    # The same count as the sequences the trainers read.
+    groups = answer_sequences(sorted((tmp_path / "out").glob("*.gz")), 1024, held_out=False)
+    assert report["total"]["positions"] == sum(len(t) - s for g in groups for t, s in g)

@@ -28,7 +28,8 @@ from typing import Optional
 
 from .answers import generate_batched
 from .prompt_sets import (
-    REAL_SOURCES, AnswerStore, Prompt, is_held_out, read_prompt_file, template_prompts,
+    REAL_SOURCES, AnswerStore, Prompt, answer_files, is_held_out, read_prompt_file, store_status,
+    template_prompts,
 )
 
 MAX_PROMPT_TOKENS = 1024
@@ -305,6 +306,8 @@ def configure_parser():
     parser.add_argument("--chunks-per-round", type=int, default=1,
                         help="chunks answered in one continuous batch (1: the batch drains "
                              "between chunks)")
+    parser.add_argument("--status", action="store_true",
+                        help="print answers and training positions per source (JSON) and exit")
     return parser
 
 
@@ -316,6 +319,12 @@ def main(argv=None):
 
 def _main(argv):
     args = configure_parser().parse_args(argv)
+    if args.status:
+        files = answer_files([p for p in [args.out, *args.head_start] if Path(p).exists()])
+        status = store_status(files)
+        total = {k: sum(s[k] for s in status.values()) for k in ("answers", "positions", "held_out")}
+        print(json.dumps({"sources": status, "total": total}, indent=1))
+        return
     from ..load import load_backbone
 
     prompts = [p for s in REAL_SOURCES if (Path(args.prompts_dir) / f"{s}.jsonl").exists()

@@ -103,14 +103,40 @@ def training_rows(rows, max_seq_len: int = 1024, held_out: bool = False,
     ``held_out``: every held-out answer instead), each id once (``seen``: ids
     already taken, updated), sequences cut to ``max_seq_len`` tokens; ``start``
     is the last prompt position (the first whose labels are answer tokens)."""
+    for r in split_rows(rows, held_out, seen):
+        tokens = (r["prompt_ids"] + r["answer_ids"])[:max_seq_len]
+        if len(tokens) > len(r["prompt_ids"]):
+            yield tokens, len(r["prompt_ids"]) - 1
+
+
+def split_rows(rows, held_out: bool, seen: Optional[set] = None) -> Iterator[dict]:
+    """Answer rows of one split with an answer, each id once."""
     seen = set() if seen is None else seen
     for r in rows:
         if r["id"] in seen or is_held_out(r["id"]) != held_out or not r["answer_ids"]:
             continue
         seen.add(r["id"])
-        tokens = (r["prompt_ids"] + r["answer_ids"])[:max_seq_len]
-        if len(tokens) > len(r["prompt_ids"]):
-            yield tokens, len(r["prompt_ids"]) - 1
+        yield r
+
+
+def store_status(paths, max_seq_len: int = 1024) -> dict:
+    """Per source: answers and positions that train (an answer gives one
+    position per answer token plus the last prompt token's, as cut by
+    ``training_rows``), and the held-out answers the files hold."""
+    status: dict = {}
+    for held in (False, True):
+        for r in split_rows(read_answers(paths), held):
+            entry = status.setdefault(Prompt(r["id"], []).source,
+                                      {"answers": 0, "positions": 0, "held_out": 0})
+            if held:
+                entry["held_out"] += 1
+                continue
+            positions = min(len(r["prompt_ids"]) + len(r["answer_ids"]), max_seq_len) \
+                - len(r["prompt_ids"]) + 1
+            if positions > 1:
+                entry["answers"] += 1
+                entry["positions"] += positions
+    return dict(sorted(status.items(), key=lambda kv: -kv[1]["positions"]))
 
 
 def template_prompts(paths) -> list[Prompt]:
