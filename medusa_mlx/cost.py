@@ -16,8 +16,8 @@ import mlx.core as mx
 import numpy as np
 
 from .attention import tree_attention
-from .draft import branch_plan, draft_candidates
-from .model import MedusaModel
+from .draft import draft_step, drafting_plan
+from .model import MedusaModel, is_context
 from .tree import PRESETS, build_tree, expanded_nodes
 
 # Token counts of the benchmark's verify-cost curve and of tree search's cost model.
@@ -141,7 +141,7 @@ def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128,
                  repeats: int = 9) -> CostModel:
     """Time verification forwards of ``sizes`` tokens after a ``prefix_len``-token
     prompt (:func:`time_verify`, fastest repeat), a plain step, and drafting chains
-    (and, for sequential heads, a wide tree)."""
+    (and, for sequential heads and context drafters, a wide tree)."""
     rng = np.random.default_rng(0)
     vocab = model.heads.args.vocab_size
     cache = model.make_cache()
@@ -155,11 +155,21 @@ def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128,
             c.trim(1)
 
     hidden = mx.random.normal((model.heads.args.hidden_size,))
+    drafter_cache = model.make_drafter_cache()  # a context drafter reads the prompt too
+    if drafter_cache is not None:
+        drafter_cache.append(mx.random.normal((prefix_len, model.heads.args.hidden_size)),
+                             rng.integers(0, vocab, prefix_len).tolist())
 
     def draft(paths):
         tree = build_tree(paths)
-        plan = branch_plan(tree) if model.heads.args.sequential else None
-        return lambda: mx.eval(draft_candidates(model, hidden, 1, tree, plan))
+        plan = drafting_plan(model, tree)
+
+        def once():
+            if drafter_cache is not None:  # as after a step: one entry (the root's) to add
+                drafter_cache.trim_to(prefix_len)
+            mx.eval(draft_step(model, tree, plan, 1, hidden, [], None, drafter_cache)[1])
+
+        return once
 
     K = model.num_heads
     plain = _min_seconds(plain_step, repeats)
@@ -168,7 +178,9 @@ def measure_cost(model, sizes=COST_SIZES, prefix_len: int = 128,
     heads_cost = {d: _min_seconds(draft(chain), repeats) for d, chain in chains.items()}
     per_node = 0.0
     wide = [p for p in PRESETS["tree-64"] if len(p) <= K]
-    if model.heads.args.sequential and expanded_nodes(wide) > K:
+    # Sequential heads and a context drafter draft each expanded node's children.
+    expands = model.heads.args.sequential or is_context(model.heads)
+    if expands and expanded_nodes(wide) > K:
         extra = _min_seconds(draft(wide), repeats) - heads_cost[K]
         per_node = max(extra, 0.0) / (expanded_nodes(wide) - K)
     # More tokens never cost less: smooth what timing noise is left.

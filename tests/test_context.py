@@ -38,7 +38,9 @@ from medusa_mlx.model import attach_heads, is_context, medusa_model
 from medusa_mlx.server.requests import GenerationRequest
 from medusa_mlx.server.worker import Failed, Finished, Job, Worker
 from medusa_mlx.tree import tree_for_model, tree_from_spec
-from medusa_mlx.training.context import ContextTrainConfig, train_drafter
+from medusa_mlx.cost import measure_cost
+from medusa_mlx.training.context import ContextTrainConfig, drafter_ranks, train_drafter
+from medusa_mlx.training.tree_search import choose_tree, expected_length
 from medusa_mlx.training.sequences import sequence_features
 from required_data import require_file
 from test_acceptors import SETTINGS, chi_square, complete, exact_distribution
@@ -405,6 +407,38 @@ def test_benchmark_runs_with_a_drafter_folder(stories, shared_dir, tmp_path):
     medusa = [m for m in result["methods"] if m["kind"] == "medusa"]
     assert len(medusa) == 2 and all(m["output_equal"] for m in result["methods"])
     assert all(m["step_ms"]["heads"] > 0 for m in medusa), medusa[0]["step_ms"]
+
+
+def test_measured_ranks_replay_real_decoding_and_choose_a_tree(fitted_llama):
+    """Tree search for a drafter (``drafter_ranks``): a depth-d node of the step
+    at s is scored as decoding computes it on the right path (true tokens, the
+    drafter's own features), so replaying chain-3 over greedy text accepts
+    exactly what real chain-3 decoding accepts, step by step."""
+    model, seen = fitted_llama
+    rows = []
+    for prompt in seen[:3]:
+        rows.append((prompt + plain_greedy(model.backbone, prompt, 48), len(prompt) - 1))
+    data = sequence_features(model.backbone, rows)
+    project = model.head_projection or model.output_path
+    rank, ends = drafter_ranks(model.heads, project, model.embed, data, None, model.num_heads)
+    assert rank.shape == (model.num_heads, ends[-1])
+    first = 0
+    for (tokens, start), end in zip(rows, ends):
+        _, steps = run(model, tokens[: start + 1], len(tokens) - start - 1, tree="chain-3")
+        replayed, s = [], first
+        while s < end and len(replayed) < len(steps):
+            depth = 0
+            while depth < 3 and rank[depth, s] == 0:
+                depth += 1
+            replayed.append(depth)
+            s += depth + 1
+        real = [step.accepted for step in steps]
+        assert replayed[:-1] == real[:-1], (replayed, real)  # the last one is cut by max_tokens
+        first = end
+    assert max(real) >= 2
+    choice = choose_tree(rank, measure_cost(model, sizes=(1, 2, 4, 8, 16), repeats=2), 16, ends)
+    assert choice.paths and choice.expected_length > 1.0
+    assert choice.expected_length == pytest.approx(expected_length(rank, choice.paths, ends))
 
 
 def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):

@@ -200,14 +200,12 @@ def test_train_cli_end_to_end_on_stories260k(shared_dir, tmp_path):
     assert medusa(model, prompt, 60, "auto") == plain(model.backbone, prompt, 60)
 
 
-def test_train_cli_from_answer_stores_on_stories260k(shared_dir, tmp_path):
-    """train --answers: answers made elsewhere (distill chunks, the shared head start)
-    train without regenerating anything; held-out ids never train and, with no --data,
-    are the held-out split the tree is measured on."""
+def answer_store_of_stories(shared_dir, tmp_path) -> tuple:
+    """Stories260K answers as distill writes them: a chunk folder and a single
+    file, 27 training ids and 3 held-out ones. -> (model path, rows, train ids)."""
     import gzip
     import json
 
-    from medusa_mlx.training.cli import main as train_main
     from medusa_mlx.training.prompt_sets import AnswerStore, is_held_out
 
     model_path = str(shared_dir / "data" / "stories260K.bin")
@@ -223,6 +221,18 @@ def test_train_cli_from_answer_stores_on_stories260k(shared_dir, tmp_path):
     AnswerStore(tmp_path / "store").write_chunk("magpie", rows[:20])
     with gzip.open(tmp_path / "more.jsonl.gz", "wt") as f:  # a single file, as ../shared has
         f.writelines(json.dumps(r) + "\n" for r in rows[20:])
+    return model_path, rows, train_ids
+
+
+def test_train_cli_from_answer_stores_on_stories260k(shared_dir, tmp_path):
+    """train --answers: answers made elsewhere (distill chunks, the shared head start)
+    train without regenerating anything; held-out ids never train and, with no --data,
+    are the held-out split the tree is measured on."""
+    import json
+
+    from medusa_mlx.training.cli import main as train_main
+
+    model_path, rows, train_ids = answer_store_of_stories(shared_dir, tmp_path)
     out = tmp_path / "heads"
     with pytest.raises(SystemExit) as done:
         train_main(["--model", model_path, "--answers", str(tmp_path / "store"),
@@ -242,3 +252,38 @@ def test_train_cli_from_answer_stores_on_stories260k(shared_dir, tmp_path):
         train_main(["--model", model_path, "--answers", str(tmp_path / "store"), "--steps", "1",
                     "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "h2")])
     assert done.value.code == 1
+
+
+def test_train_cli_context_drafter_measures_its_tree(shared_dir, tmp_path):
+    """train --kind context --tree measure: the drafter's tree is chosen from its
+    held-out ranks and this machine's costs, saved, and decodes exactly; the
+    features are the ones the Medusa trainer reads (one cache)."""
+    import json
+
+    from medusa_mlx.training.cli import main as train_main
+
+    model_path, rows, train_ids = answer_store_of_stories(shared_dir, tmp_path)
+    out = tmp_path / "drafter"
+    with pytest.raises(SystemExit) as done:
+        train_main(["--kind", "context", "--model", model_path, "--answers",
+                    str(tmp_path / "store"), str(tmp_path / "more.jsonl.gz"), "--num-heads", "3",
+                    "--steps", "3", "--batch-size", "4", "--window", "32", "--max-tree-nodes", "8",
+                    "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    assert done.value.code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == "context"
+    choice = config["tree_choice"]
+    assert config["tree"] and choice["nodes"] == len(config["tree"]) <= 8
+    assert choice["heads_ms"] and config["training"]["train_positions"] == sum(
+        len(r["answer_ids"]) for r in rows if r["id"] in train_ids)
+    cached = sorted((tmp_path / "cache").glob("sequences-*.npz"))
+    model, tokenizer = load(model_path, medusa=str(out))
+    prompt = tokenizer.encode("Tom had a red kite.")
+    assert medusa(model, prompt, 40, "auto") == plain(model.backbone, prompt, 40)
+    # The Medusa trainer reads the same parts: no new backbone pass.
+    with pytest.raises(SystemExit) as done:
+        train_main(["--model", model_path, "--answers", str(tmp_path / "store"),
+                    str(tmp_path / "more.jsonl.gz"), "--num-heads", "2", "--steps", "2",
+                    "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "heads")])
+    assert done.value.code == 0
+    assert sorted((tmp_path / "cache").glob("sequences-*.npz")) == cached

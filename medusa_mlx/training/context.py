@@ -78,27 +78,40 @@ def unroll_masks(width: int, passes: int) -> list:
     return masks
 
 
-def drafter_loss(drafter: ContextDrafter, weight: mx.array, embed: Callable, feats: mx.array,
-                 tokens: mx.array, targets: mx.array, mask: mx.array, feature_weight: float,
-                 token_weight: float, unroll: int = 1):
-    """Position t (0 .. W-2): input [f_t ; e(x_{t+1})] -> g_t, compared with
-    f_{t+1} and scored against the base model's token after x_{t+1}
-    (``targets[t+1]``, a slot of the head vocabulary ``weight`` rows, IGNORE
-    outside it). Pass p > 0 (training-time test) feeds g of pass p-1 at t-1 as
-    the feature at t, attending as ``unroll_masks`` says. Returns (loss,
-    [(top-1 correct, counted)] per pass)."""
+def unrolled_outputs(drafter: ContextDrafter, embed: Callable, feats: mx.array,
+                     tokens: mx.array, passes: int) -> list:
+    """The drafter's outputs g at positions 0 .. W-2 for each pass: pass 0
+    reads [f_t ; e(x_{t+1})]; pass p > 0 (training-time test) reads pass p-1's
+    g at t-1 as the feature at t and attends as ``unroll_masks`` says, so its
+    position t is what a depth-(p+1) tree node computes at decoding."""
     W = feats.shape[1] - 1
-    true_next, labels = feats[:, 1:].astype(mx.float32), targets[:, 1:]
     nxt = embed(tokens[:, 1:])
     inputs = feats[:, :-1]
-    masks = unroll_masks(W, unroll)
-    keys, values, total, stats = [], [], mx.array(0.0), []
-    for p in range(unroll):
+    masks = unroll_masks(W, passes)
+    keys, values, outputs = [], [], []
+    for p in range(passes):
         x, q, k, v = drafter.attention_inputs(inputs, nxt)
         keys.append(k)
         values.append(v)
         g = drafter.attend(x, q, mx.concatenate(keys, axis=2), mx.concatenate(values, axis=2),
                            masks[p])
+        outputs.append(g)
+        # The next pass's feature at t is this pass's estimate made at t - 1.
+        inputs = mx.concatenate([mx.zeros_like(g[:, :1]), g[:, :-1]], axis=1).astype(feats.dtype)
+    return outputs
+
+
+def drafter_loss(drafter: ContextDrafter, weight: mx.array, embed: Callable, feats: mx.array,
+                 tokens: mx.array, targets: mx.array, mask: mx.array, feature_weight: float,
+                 token_weight: float, unroll: int = 1):
+    """Position t (0 .. W-2) of every pass (``unrolled_outputs``): g_t compared
+    with f_{t+1} and scored against the base model's token after x_{t+1}
+    (``targets[t+1]``, a slot of the head vocabulary ``weight`` rows, IGNORE
+    outside it). Returns (loss, [(top-1 correct, counted)] per pass)."""
+    W = feats.shape[1] - 1
+    true_next, labels = feats[:, 1:].astype(mx.float32), targets[:, 1:]
+    total, stats = mx.array(0.0), []
+    for p, g in enumerate(unrolled_outputs(drafter, embed, feats, tokens, unroll)):
         # Pass p's position t stands for a depth-(p+1) node: it needs p earlier positions.
         valid = mask[:, :-1] & (mx.arange(W) >= p)[None]
         counted = valid & (labels >= 0)
@@ -110,9 +123,49 @@ def drafter_loss(drafter: ContextDrafter, weight: mx.array, embed: Callable, fea
                          + token_weight * (ce * counted).sum()
                          / mx.maximum(counted.sum(), 1)) / unroll
         stats.append((((mx.argmax(logits, axis=-1) == labels) & counted).sum(), counted.sum()))
-        # The next pass's feature at t is this pass's estimate made at t - 1.
-        inputs = mx.concatenate([mx.zeros_like(g[:, :1]), g[:, :-1]], axis=1).astype(feats.dtype)
     return total, stats
+
+
+def drafter_ranks(drafter: ContextDrafter, project: Callable, embed: Callable,
+                  data: SequenceFeatures, vocab: Optional[np.ndarray], depth: int,
+                  max_rank: int = 64) -> tuple:
+    """What tree search needs (``training.tree_search.choose_tree``): rank
+    (depth, N), the rank of the right token among the head vocabulary at each
+    depth of a step drafted from answer position s, on the right path (true
+    tokens, the drafter's own features, as at decoding), ``max_rank`` when
+    absent or past the end; and each sequence's exclusive end in N.
+    ``project``: features -> logits as decoding scores them, over ``vocab``
+    (head vocabulary ids; None: the whole vocabulary).
+
+    Depth d's node of the step at s predicts x_{s+1+d}: pass d-1 at s+d-1."""
+    slots = None
+    if vocab is not None:
+        slots = np.full(max(int(vocab.max()), int(data.predicted.max())) + 1, IGNORE, np.int64)
+        slots[vocab] = np.arange(len(vocab))
+    ranks, ends = [], []
+    for i, start in enumerate(data.starts.tolist()):
+        o, end = int(data.offsets[i]), int(data.offsets[i + 1])
+        T = end - o
+        if T - start < 2:
+            continue
+        feats = mx.array(data.hidden[o:end][None].astype(np.float32))
+        tokens = mx.array(data.tokens[o:end][None])
+        labels = data.predicted[o + 1: end].astype(np.int64)  # at t: the token after x_{t+1}
+        if slots is not None:
+            labels = slots[labels]
+        rank = np.full((depth, T - start), max_rank, np.int64)
+        for p, g in enumerate(unrolled_outputs(drafter, embed, feats, tokens, depth)):
+            logits = project(g[0]).astype(mx.float32)
+            right = mx.take_along_axis(logits, mx.array(np.maximum(labels, 0))[:, None], axis=1)
+            above = np.array((logits > right).sum(axis=1))
+            above = np.where(labels >= 0, np.minimum(above, max_rank), max_rank)
+            s = np.arange(start, T)
+            t = s + p  # the position whose pass-p output the step at s uses
+            ok = t < T - 1
+            rank[p, ok] = above[t[ok]]
+        ranks.append(rank)
+        ends.append(T - start)
+    return np.concatenate(ranks, axis=1), np.cumsum(ends)
 
 
 # ---------------------------------------------------------------------------

@@ -33,9 +33,6 @@ def answer_labels(data) -> np.ndarray:
 def run(args, backbone, console, argv=None) -> None:
     if not args.answers:
         raise UsageError("--kind context trains on answer stores: give --answers STORE...")
-    if args.tree == "measure":  # the Medusa tree search reads per-head accuracies
-        console.print("--kind context: no tree search yet; saving tree-8 (pass --tree PRESET)")
-        args.tree = "tree-8"
     tic = time.perf_counter()
     files = answer_files(args.answers)
     train = answer_sequence_features(backbone, args.model, files, args.max_seq_len,
@@ -46,6 +43,9 @@ def run(args, backbone, console, argv=None) -> None:
                                     log=console.print)
     if train is None:
         raise UsageError("no training answers in --answers")
+    if args.tree == "measure" and held is None:
+        raise UsageError("--tree measure needs held-out answers in --answers, "
+                         "or pass --tree PRESET / none")
     data_seconds = time.perf_counter() - tic
     model = medusa_model(backbone, None)
     hidden = train.hidden.shape[1]
@@ -94,7 +94,16 @@ def run(args, backbone, console, argv=None) -> None:
         },
         "held_out_top1_per_depth": accuracy,
     }
-    if args.tree != "none":
+    if args.tree == "measure":
+        from .tree_search import choose_tree_for
+
+        choice = choose_tree_for(medusa_model(backbone, drafter), held, args.max_tree_nodes)
+        extra["tree"] = [list(p) for p in choice.paths]
+        extra["tree_choice"] = choice.summary()
+        console.print(f"tree: {len(choice.paths)} nodes, expected {choice.expected_length:.2f} "
+                      f"tokens/step at {choice.relative_cost:.2f}x a plain step "
+                      f"-> {choice.speedup:.2f}x (estimate)")
+    elif args.tree not in ("none", "measure"):
         extra["tree"] = [list(p) for p in PRESETS[args.tree]]
     save_heads(args.out, drafter, extra)
     console.print(f"saved context drafter to {args.out} ({time.perf_counter() - tic:.0f} s in all)")

@@ -169,16 +169,25 @@ def choose_tree(rank: np.ndarray, cost: CostModel, max_nodes: int = 64,
 
 
 def choose_tree_for(model, held_out, max_nodes: int = 64) -> TreeChoice:
-    """Measure acceptance on ``held_out`` features and cost on this machine."""
+    """Measure acceptance on ``held_out`` and cost on this machine. Medusa
+    heads: held-out ``Features``; a context drafter: held-out
+    ``SequenceFeatures`` (it reads whole sequences)."""
+    from ..model import is_context
+    from .context import drafter_ranks
     from .evaluate import decoding_projection, head_ranks
 
     # Scored as decoding runs the heads: only head-vocabulary tokens can be
-    # proposed, and sequential heads draft each branch with its own tokens
-    # (draft.py), so the node on the right path sees the true tokens.
+    # proposed, and sequential heads and the drafter draft each branch with its
+    # own tokens (draft.py), so the node on the right path sees the true tokens.
     project, vocab = decoding_projection(model)
-    rank = head_ranks(model.heads, project, held_out, embed=model.embed, vocab=vocab,
-                      teacher_forced=True)
-    return choose_tree(rank, measure_cost(model), max_nodes, sequence_ends(held_out.labels))
+    if is_context(model.heads):
+        rank, ends = drafter_ranks(model.heads, project, model.embed, held_out, vocab,
+                                   model.num_heads)
+    else:
+        rank = head_ranks(model.heads, project, held_out, embed=model.embed, vocab=vocab,
+                          teacher_forced=True)
+        ends = sequence_ends(held_out.labels)
+    return choose_tree(rank, measure_cost(model), max_nodes, ends)
 
 
 def main(argv=None):
