@@ -409,6 +409,26 @@ def test_benchmark_runs_with_a_drafter_folder(stories, shared_dir, tmp_path):
     assert all(m["step_ms"]["heads"] > 0 for m in medusa), medusa[0]["step_ms"]
 
 
+def test_benchmark_compares_heads_folders_in_one_run(stories, shared_dir, tmp_path):
+    """``--compare-heads DIR``: the shipped Medusa heads and a drafter on one
+    backbone, interleaved in one run against the same plain-greedy baseline."""
+    model, _, _ = stories
+    save_heads(tmp_path / "drafter", model.heads)
+    args = bench_cli.configure_parser().parse_args([
+        "--model", str(shared_dir / "data" / "stories260K.bin"), "--compare-heads",
+        str(tmp_path / "drafter"), "--trees", "chain-2,dynamic-4", "--max-tokens", "24",
+        "--num-prompts", "2", "--verify-sizes", ""])
+    result = bench_cli.benchmark(args, log=lambda _: None)
+    names = [(m["name"], m["tree"]) for m in result["methods"]]
+    # dynamic-4 is a drafter's tree: skipped for the Medusa heads, run for the drafter.
+    assert names == [("mlx-lm greedy", None), ("medusa", "chain-2"),
+                     ("medusa [drafter]", "chain-2"), ("medusa [drafter]", "dynamic-4")], names
+    assert all(m["output_equal"] for m in result["methods"])
+    assert result["config"]["compare_heads"]["drafter"]["kind"] == "context"
+    assert result["config"]["heads_kind"] == "medusa"
+    assert all(len(m["speedup_per_prompt"]) == 2 for m in result["methods"][1:])
+
+
 def test_measured_ranks_replay_real_decoding_and_choose_a_tree(fitted_llama):
     """Tree search for a drafter (``drafter_ranks``): a depth-d node of the step
     at s is scored as decoding computes it on the right path (true tokens, the

@@ -15,8 +15,10 @@ from typing import Optional
 from ..cli import ArgumentParser, add_model_arguments, run_cli
 from ..cost import VERIFY_SIZES, verify_cost_record
 from ..conversation import encode_prompt
-from ..load import EMBEDDED_DEFAULT, SHIPPED_HEADS, load, load_backbone, shipped_heads
-from ..model import is_context
+from ..heads import load_heads
+from ..load import (EMBEDDED_DEFAULT, SHIPPED_HEADS, load, load_backbone, resolve_heads_path,
+                    shipped_heads)
+from ..model import is_context, medusa_model
 from .prompts import builtin_prompts, read_prompts
 from .report import SCHEMA, dtype_of, environment, render, summarize
 from .runs import DEFAULT_TREES, make_methods, run_methods, tree_supported
@@ -47,6 +49,10 @@ def configure_parser():
     parser.add_argument("--verify-sizes", default=",".join(map(str, VERIFY_SIZES)), help="token counts for the verify-cost curve ('' to skip)")
     parser.add_argument("--verify-repeats", type=int, default=7)
     parser.add_argument("--json", default=None, help="write every figure and the environment to this file")
+    parser.add_argument("--compare-heads", nargs="+", default=[], metavar="DIR",
+                        help="also run these heads folders (Medusa heads or context drafters) on "
+                             "the same backbone, interleaved in the same run, with every tree "
+                             "they support: their ratios come from one run with the others'")
     parser.add_argument("--plot", default=None, metavar="FILE.png",
                         help="draw speed per method (with its spread), tokens/step and the verify-cost "
                              "curve in one figure (needs matplotlib: pip install 'medusa-mlx[plot]')")
@@ -72,7 +78,8 @@ def benchmark(args, log=print) -> dict:
             raise ValueError("the draft model's tokenizer differs from the model's")
 
     trees, skipped = [], []
-    for name in [t.strip() for t in args.trees.split(",") if t.strip()]:
+    requested = [t.strip() for t in args.trees.split(",") if t.strip()]
+    for name in requested:
         (trees if tree_supported(name, model) else skipped).append(name)
     if skipped:
         log(f"skipping trees this version cannot resolve: {', '.join(skipped)}")
@@ -83,8 +90,13 @@ def benchmark(args, log=print) -> dict:
             if args.oracle_trees
             else [f"chain-{min(model.num_heads, 5)}"]
         )
+    compare = {}  # label (the folder's name, numbered when two share one) -> model
+    for i, folder in enumerate(args.compare_heads):
+        label = Path(folder).name if Path(folder).name not in compare else f"{Path(folder).name}#{i}"
+        other = medusa_model(model.backbone, load_heads(resolve_heads_path(folder)))
+        compare[label] = (other, [t for t in requested if tree_supported(t, other)])
     methods = make_methods(trees, model, draft is not None, args.num_draft_tokens,
-                           oracle_trees, args.lookup)
+                           oracle_trees, args.lookup, compare)
 
     curve = None
     sizes = [int(s) for s in args.verify_sizes.split(",") if s.strip()]
@@ -108,6 +120,9 @@ def benchmark(args, log=print) -> dict:
             "heads": args.medusa or _heads_label(args.model),
             "num_heads": model.num_heads,
             "heads_kind": "context" if context else "medusa",  # context: an EAGLE-style drafter
+            "compare_heads": {label: {"path": d, "kind": "context" if is_context(m.heads)
+                                      else "medusa", "num_heads": m.num_heads, "trees": t}
+                              for (label, (m, t)), d in zip(compare.items(), args.compare_heads)},
             "heads_layers": 1 if context else heads_cfg.num_layers,
             "heads_shared_lm_head": heads_cfg.shared_lm_head,
             "dtype": dtype_of(model.backbone),

@@ -62,6 +62,8 @@ class Method:
     lookup: bool = False  # draft prompt-lookup branches too (lookup.py)
     # The verify-cost curve measured by this run, for the lookup budget (None: lookup's default).
     lookup_cost: Optional[dict] = None
+    # Other heads on the same backbone (``--compare-heads``); None: the loaded model.
+    model: Optional[MedusaModel] = None
     runs: list[Run] = field(default_factory=list)
     profiles: list[Run] = field(default_factory=list)
     equal: list[bool] = field(default_factory=list)
@@ -170,8 +172,11 @@ def tree_supported(name: str, model: MedusaModel) -> bool:
 
 
 def make_methods(trees: list[str], model: MedusaModel, draft: bool, num_draft: int,
-                 oracle_trees: list[str], lookup: bool = False) -> list[Method]:
-    """``lookup``: also prompt lookup alone (no heads) and heads + lookup per tree."""
+                 oracle_trees: list[str], lookup: bool = False,
+                 compare: Optional[dict] = None) -> list[Method]:
+    """``lookup``: also prompt lookup alone (no heads) and heads + lookup per tree;
+    ``compare``: {label: (model with other heads on the same backbone, the trees
+    to run it with)}."""
     methods = [Method("mlx-lm greedy", "baseline")]
     if draft:
         methods.append(Method(f"mlx-lm draft x{num_draft}", "draft"))
@@ -182,6 +187,11 @@ def make_methods(trees: list[str], model: MedusaModel, draft: bool, num_draft: i
         methods.append(Method("medusa", "medusa", name, resolved.size - 1))
         if lookup:
             methods.append(Method("medusa+lookup", "medusa", name, resolved.size - 1, lookup=True))
+    for label, (other, other_trees) in (compare or {}).items():
+        for name in other_trees:
+            resolved = tree_for_model(name, other)
+            methods.append(Method(f"medusa [{label}]", "medusa", name, resolved.size - 1,
+                                  model=other))
     for name in oracle_trees:
         resolved = tree_for_model(name, model)
         methods.append(Method("medusa oracle", "oracle", name, resolved.size - 1))
@@ -194,6 +204,8 @@ def run_one(method: Method, model: MedusaModel, draft, prompt, reference, max_to
         return _timed(run_baseline, model.backbone, prompt, max_tokens, eos)
     if method.kind == "draft":
         return _timed(run_draft, model.backbone, draft, prompt, max_tokens, eos, num_draft)
+    if method.model is not None:
+        model = method.model
     proposer = None
     if method.kind == "oracle":
         proposer = oracle_proposer(prompt + reference, model.heads.args.vocab_size)
