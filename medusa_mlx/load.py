@@ -61,10 +61,15 @@ def _gguf(load_gguf, path, dtype):
 
 
 def resolve_heads_path(medusa: str, revision: Optional[str] = None) -> Path:
-    """A local heads folder, or a hub id fetched with huggingface_hub (cache honoured)."""
+    """A local heads folder, the name of a folder shipped in the package
+    (``shipped_heads/``, e.g. ``stories260K-context``: heads that are not a
+    model's default), or a hub id fetched with huggingface_hub (cache honoured)."""
     path = Path(medusa).expanduser()
     if path.is_dir():
         return path
+    shipped = SHIPPED_HEADS_DIR / medusa
+    if "/" not in medusa and medusa not in (".", "..") and (shipped / CONFIG_FILE).is_file():
+        return shipped
     if path.exists() or medusa.startswith((".", "/", "~")) or medusa.count("/") != 1:
         raise NotFoundError(f"no Medusa heads folder at {path}")
     return hub_snapshot(medusa, revision, [CONFIG_FILE, "model.safetensors"])

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Regenerate the heads shipped in medusa_mlx/shipped_heads/ (CPU, Linux: preload OpenBLAS).
-# Usage: scripts/train_shipped_heads.sh [stories260K|smollm2]   (default: both)
+# Usage: scripts/train_shipped_heads.sh [stories260K|smollm2|stories260K-context|smollm2-context]
+#        (default: all four)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${MEDUSA_SHARED:-../shared}
 export LD_PRELOAD=${LD_PRELOAD:-/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0}
 CACHE=${MEDUSA_TRAIN_CACHE:-out/cache}
+# Answers the model wrote (python -m medusa_mlx distill; README "Self-distillation data"):
+# the repository's chunks. Backbone features are cached in $CACHE in parts, shared by the
+# Medusa and the context trainers, so an interrupted run (or the other kind) resumes them.
+ANSWERS=(data/distilled/smollm2)
 which=${1:-all}
 
 if [[ $which == all || $which == stories260K ]]; then
@@ -32,4 +37,15 @@ if [[ $which == all || $which == smollm2 ]]; then
     --checkpoint-every 500 --seed 0 --dtype float16 --cache-dir "$CACHE" \
     --out medusa_mlx/shipped_heads/smollm2-135m-instruct
   rm -rf medusa_mlx/shipped_heads/smollm2-135m-instruct/checkpoints
+fi
+
+if [[ $which == all || $which == stories260K-context ]]; then
+  # The stories the Medusa heads train on, continued by the model (the same answer cache).
+  python -m medusa_mlx.train --kind context --model "$SHARED/data/stories260K.bin" \
+    --data "$SHARED/data/tinystories_val.txt" --mode generate --prompt-tokens 16 \
+    --max-new-tokens 240 --max-records 2000 --held-out 0.05 --gen-batch-size 64 \
+    --num-heads 5 --steps 600 --batch-size 16 --window 256 --unroll 2 --learning-rate 3e-3 \
+    --warmup-steps 50 --checkpoint-every 200 --seed 0 --cache-dir "$CACHE" --dtype float16 \
+    --out medusa_mlx/shipped_heads/stories260K-context
+  rm -rf medusa_mlx/shipped_heads/stories260K-context/checkpoints
 fi

@@ -271,3 +271,19 @@ def test_load_with_heads_accepts_an_architecture_beyond_llama(tmp_path, monkeypa
            for t in s.tokens]
     assert type(model.backbone).__module__ == "mlx_lm.models.gpt2"
     assert got == plain_greedy(backbone, prompt, 32)
+
+
+def test_heads_by_shipped_folder_name(tmp_path, monkeypatch):
+    """``--medusa NAME`` finds a folder shipped in the package (heads that are not
+    a model's default, e.g. a context drafter); a local folder of that name wins,
+    and an unknown bare name is still one NotFoundError."""
+    from medusa_mlx.errors import NotFoundError
+    from medusa_mlx.load import SHIPPED_HEADS_DIR, resolve_heads_path
+
+    assert resolve_heads_path("stories260K") == SHIPPED_HEADS_DIR / "stories260K"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stories260K").mkdir()
+    assert resolve_heads_path("stories260K") == Path("stories260K")
+    for name in ("no-such-heads", "../shipped_heads"):
+        with pytest.raises(NotFoundError):
+            resolve_heads_path(name)

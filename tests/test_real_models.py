@@ -287,3 +287,28 @@ def test_train_cli_context_drafter_measures_its_tree(shared_dir, tmp_path):
                     "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "heads")])
     assert done.value.code == 0
     assert sorted((tmp_path / "cache").glob("sequences-*.npz")) == cached
+
+
+def test_train_cli_context_drafter_from_text_records(shared_dir, tmp_path):
+    """train --kind context --data: stories the base model continues (as the
+    stories260K Medusa heads are trained), split and held out as for heads."""
+    import json
+
+    from medusa_mlx.training.cli import main as train_main
+
+    model_path = str(shared_dir / "data" / "stories260K.bin")
+    out = tmp_path / "drafter"
+    with pytest.raises(SystemExit) as done:
+        train_main(["--kind", "context", "--model", model_path,
+                    "--data", str(shared_dir / "data" / "tinystories_val.txt"), "--mode", "generate",
+                    "--max-records", "24", "--max-new-tokens", "40", "--held-out", "0.25",
+                    "--num-heads", "3", "--steps", "3", "--batch-size", "4", "--window", "32",
+                    "--max-tree-nodes", "8", "--cache-dir", str(tmp_path / "cache"),
+                    "--out", str(out)])
+    assert done.value.code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["train_sequences"] == 18 and config["tree_choice"]["nodes"] <= 8
+    assert len(config["held_out_top1_per_depth"]) == 3
+    model, tokenizer = load(model_path, medusa=str(out))
+    prompt = tokenizer.encode("Once upon a time")
+    assert medusa(model, prompt, 40, "auto") == plain(model.backbone, prompt, 40)

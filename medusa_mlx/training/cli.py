@@ -40,7 +40,7 @@ def configure_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="output heads folder")
     p.add_argument("--kind", default="medusa", choices=["medusa", "context"],
                    help="medusa: Medusa heads on h_t; context: an EAGLE-style context drafter "
-                        "(one decoder layer over the text; trains on --answers)")
+                        "(one decoder layer over the text)")
     p.add_argument("--window", type=int, default=256,
                    help="--kind context: positions per training window")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
@@ -147,17 +147,17 @@ def _main(argv):
     tic = time.perf_counter()
     mx.random.seed(args.seed)
     backbone, tokenizer, _ = load_backbone(args.model)
-    if args.kind == "context":
-        from .context_cli import run
-
-        return run(args, backbone, console, argv)
-    _, lm_head = split_backbone(backbone)
     data_config = DataConfig(files=args.data, mode=args.mode, held_out=args.held_out,
                              prompt_tokens=args.prompt_tokens,
                              max_new_tokens=args.max_new_tokens, max_seq_len=args.max_seq_len,
                              max_records=args.max_records, batch_size=args.gen_batch_size,
                              seed=args.seed, samples_per_prompt=args.samples_per_prompt,
                              sample_temp=args.sample_temp, extra_files=args.extra_data)
+    if args.kind == "context":
+        from .context_cli import run
+
+        return run(args, backbone, tokenizer, data_config, console, argv)
+    _, lm_head = split_backbone(backbone)
     dataset = training_data(backbone, tokenizer, args, data_config, console.print)
     if dataset.held_out is None and args.tree == "measure":
         raise UsageError("--tree measure needs held-out positions (none in --data / --answers); "

@@ -1,5 +1,6 @@
 """``python -m medusa_mlx.train --kind context``: train a context drafter on
-answer stores (see ``training/context.py``), measure it on held-out answers and
+answer stores and/or ``--data`` records the base model answers (see
+``training/context.py``), measure it on held-out answers, choose its tree and
 save it as a heads folder with ``"kind": "context"``."""
 
 import shlex
@@ -19,7 +20,7 @@ from ..tree import PRESETS
 from .context import IGNORE, ContextTrainConfig, held_out_accuracy, train_drafter
 from .head_vocab import choose_head_vocab
 from .prompt_sets import answer_files
-from .sequences import answer_sequence_features
+from .sequences import answer_sequences, cached_sequence_features
 
 
 def answer_labels(data) -> np.ndarray:
@@ -30,22 +31,39 @@ def answer_labels(data) -> np.ndarray:
     return data.predicted[keep]
 
 
-def run(args, backbone, console, argv=None) -> None:
-    if not args.answers:
-        raise UsageError("--kind context trains on answer stores: give --answers STORE...")
+def record_sequences(backbone, tokenizer, args, config) -> list:
+    """``--data`` for a drafter: the records answered or continued by the base
+    model (answers cached as the Medusa trainer caches them), split as it splits
+    them. -> [training (tokens, start) list, held-out list]."""
+    from .answers import AnswerCache
+    from .data import answer_cache_path, build_sequences, read_records, split_records
+
+    records = read_records(config.files)[: config.max_records]
+    answers = AnswerCache(answer_cache_path(args.cache_dir, args.model))
+    return [[(s.tokens, s.start) for s in build_sequences(backbone, tokenizer, split, config,
+                                                          answers=answers)] if split else []
+            for split in split_records(records, config.held_out, config.seed)]
+
+
+def run(args, backbone, tokenizer, data_config, console, argv=None) -> None:
     tic = time.perf_counter()
-    files = answer_files(args.answers)
-    train = answer_sequence_features(backbone, args.model, files, args.max_seq_len,
-                                     args.cache_dir, held_out=False,
-                                     max_sequences=args.max_records, log=console.print)
-    held = answer_sequence_features(backbone, args.model, files, args.max_seq_len,
-                                    args.cache_dir, held_out=True,
-                                    log=console.print)
+    groups = {"train": [], "held": []}  # lists of (tokens, start), one per source file
+    if args.data:
+        train_rows, held_rows = record_sequences(backbone, tokenizer, args, data_config)
+        groups["train"].append(train_rows)
+        groups["held"].append(held_rows)
+    if args.answers:
+        files = answer_files(args.answers)
+        groups["train"] += answer_sequences(files, args.max_seq_len, False, args.max_records)
+        if not args.data:  # as for Medusa heads: --data's split is the held-out one
+            groups["held"] += answer_sequences(files, args.max_seq_len, True)
+    train, held = [cached_sequence_features(backbone, args.model, groups[k], args.cache_dir,
+                                            log=console.print) for k in ("train", "held")]
     if train is None:
-        raise UsageError("no training answers in --answers")
+        raise UsageError("no training sequences in --data / --answers")
     if args.tree == "measure" and held is None:
-        raise UsageError("--tree measure needs held-out answers in --answers, "
-                         "or pass --tree PRESET / none")
+        raise UsageError("--tree measure needs held-out sequences (--held-out > 0 with --data, "
+                         "held-out answers in --answers), or pass --tree PRESET / none")
     data_seconds = time.perf_counter() - tic
     model = medusa_model(backbone, None)
     hidden = train.hidden.shape[1]
@@ -86,6 +104,7 @@ def run(args, backbone, console, argv=None) -> None:
             "command": "python -m medusa_mlx.train " + shlex.join(argv or sys.argv[1:]),
             "config": asdict(config),
             "answers": list(args.answers),
+            "data": list(args.data),
             "train_sequences": len(train),
             "train_positions": train.positions,
             "data_seconds": round(data_seconds, 1),
