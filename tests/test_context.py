@@ -427,6 +427,13 @@ def test_benchmark_compares_heads_folders_in_one_run(stories, shared_dir, tmp_pa
     assert result["config"]["compare_heads"]["drafter"]["kind"] == "context"
     assert result["config"]["heads_kind"] == "medusa"
     assert all(len(m["speedup_per_prompt"]) == 2 for m in result["methods"][1:])
+    from rich.console import Console
+
+    from medusa_mlx.bench.report import render
+
+    console = Console(record=True, width=220)
+    render(result, console)
+    assert console.export_text().count("medusa [drafter]") == 2  # not swallowed as markup
 
 
 def test_measured_ranks_replay_real_decoding_and_choose_a_tree(fitted_llama):

@@ -153,6 +153,7 @@ def _fmt(value, spec: str = ".1f", missing: str = "-") -> str:
 def render(result: dict, console=None) -> None:
     """The headline table (Rich), the step breakdown and the verify-cost curve."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     if console is None:
@@ -186,7 +187,7 @@ def render(result: dict, console=None) -> None:
         prof = m.get("step_ms") or {}
         overhead = prof.get("overhead_fraction")
         table.add_row(
-            m["name"],
+            escape(m["name"]),  # "medusa [DIR]" (--compare-heads) is not markup
             m.get("tree") or "-",
             _fmt(tps["median"]),
             f"{_fmt(tps['min'])}-{_fmt(tps['max'])}",
