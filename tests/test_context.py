@@ -384,6 +384,19 @@ def test_stories260k_random_drafter_equals_plain(shared_dir, tree):
     assert run(model, prompt, 150, tree=tree)[0] == plain_greedy(backbone, prompt, 150)
 
 
+def test_stories260k_shipped_drafter_is_exact_and_drafts_deep(shared_dir):
+    """The drafter shipped beside stories260K's heads (``--medusa stories260K-context``):
+    exact with its measured tree, and accepting well past Medusa's head 0 on a
+    story it was not trained on."""
+    model, tokenizer = load(str(require_file(shared_dir / "data" / "stories260K.bin")),
+                            medusa="stories260K-context")
+    assert is_context(model.heads)
+    prompt = tokenizer.encode("The little dog found a shiny stone in the garden.")
+    out, steps = run(model, prompt, 120, tree="auto")
+    assert out == plain_greedy(model.backbone, prompt, 120)
+    assert len(out) / (len(steps) + 1) > 2.5, len(out) / (len(steps) + 1)
+
+
 @pytest.mark.smollm2
 def test_smollm2_random_drafter_equals_plain():
     backbone, tokenizer = load(medusa=False)
