@@ -277,6 +277,18 @@ def test_train_cli_context_drafter_measures_its_tree(shared_dir, tmp_path):
     assert choice["heads_ms"] and config["training"]["train_positions"] == sum(
         len(r["answer_ids"]) for r in rows if r["id"] in train_ids)
     cached = sorted((tmp_path / "cache").glob("sequences-*.npz"))
+    # Re-measured later (python -m medusa_mlx.tree_search ... --answers): same features, new costs.
+    from medusa_mlx.training.tree_search import main as tree_main
+
+    (out / "config.json").write_text(json.dumps({**config, "tree": [[0]], "tree_choice": {}}))
+    with pytest.raises(SystemExit) as done:
+        tree_main(["--model", model_path, "--heads", str(out), "--answers", str(tmp_path / "store"),
+                   str(tmp_path / "more.jsonl.gz"), "--max-tree-nodes", "8",
+                   "--cache-dir", str(tmp_path / "cache")])
+    assert done.value.code == 0
+    again = json.loads((out / "config.json").read_text())
+    assert again["tree_choice"]["nodes"] == len(again["tree"]) and again["kind"] == "context"
+    assert sorted((tmp_path / "cache").glob("sequences-*.npz")) == cached
     model, tokenizer = load(model_path, medusa=str(out))
     prompt = tokenizer.encode("Tom had a red kite.")
     assert medusa(model, prompt, 40, "auto") == plain(model.backbone, prompt, 40)

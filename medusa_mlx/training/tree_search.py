@@ -191,30 +191,51 @@ def choose_tree_for(model, held_out, max_nodes: int = 64) -> TreeChoice:
 
 
 def main(argv=None):
-    """Re-measure and store the tree of a trained heads folder:
-    python -m medusa_mlx.tree_search --model M --heads DIR --features held_out.npz"""
+    """Re-measure and store the tree of a trained heads folder (e.g. on a quiet
+    machine): python -m medusa_mlx.training.tree_search --model M --heads DIR
+    --features held_out.npz (Medusa heads), or --answers STORE... (a context
+    drafter: the held-out answers' cached sequence features)."""
     from ..cli import run_cli
 
     run_cli(_main, argv)
 
 
 def _main(argv):
+    from pathlib import Path
+
     from ..cli import ArgumentParser
+    from ..errors import UsageError
     from ..heads import load_heads, save_heads
-    from ..model import medusa_model
     from ..load import load_backbone
+    from ..model import is_context, medusa_model
     from .data import load_features
+    from .prompt_sets import answer_files
+    from .sequences import answer_sequence_features
 
     p = ArgumentParser(description=main.__doc__)
     p.add_argument("--model", required=True)
     p.add_argument("--heads", required=True)
-    p.add_argument("--features", required=True, help="held-out features-*.npz from training")
+    p.add_argument("--features", help="Medusa heads: held-out features-*.npz from training")
+    p.add_argument("--answers", nargs="+", default=[],
+                   help="a context drafter: answer stores whose held-out answers are measured")
+    p.add_argument("--max-seq-len", type=int, default=512)
+    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "medusa-mlx" / "train"))
     p.add_argument("--max-tree-nodes", type=int, default=64)
     args = p.parse_args(argv)
     backbone, _, _ = load_backbone(args.model)
     heads = load_heads(args.heads)
-    choice = choose_tree_for(medusa_model(backbone, heads), load_features(args.features),
-                             args.max_tree_nodes)
+    if is_context(heads):
+        if not args.answers:
+            raise UsageError("a context drafter's tree is measured on --answers STORE...")
+        held = answer_sequence_features(backbone, args.model, answer_files(args.answers),
+                                        args.max_seq_len, args.cache_dir, held_out=True)
+        if held is None:
+            raise UsageError("no held-out answers in --answers")
+    elif args.features:
+        held = load_features(args.features)
+    else:
+        raise UsageError("Medusa heads' tree is measured on --features held_out.npz")
+    choice = choose_tree_for(medusa_model(backbone, heads), held, args.max_tree_nodes)
     heads.args.extra["tree"] = choice.paths
     heads.args.extra["tree_choice"] = choice.summary()
     save_heads(args.heads, heads)
