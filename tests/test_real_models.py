@@ -299,6 +299,13 @@ def test_train_cli_context_drafter_measures_its_tree(shared_dir, tmp_path):
                     "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "heads")])
     assert done.value.code == 0
     assert sorted((tmp_path / "cache").glob("sequences-*.npz")) == cached
+    # Medusa heads trained on answers re-measure their tree from the same features too.
+    with pytest.raises(SystemExit) as done:
+        tree_main(["--model", model_path, "--heads", str(tmp_path / "heads"), "--answers",
+                   str(tmp_path / "store"), str(tmp_path / "more.jsonl.gz"),
+                   "--max-tree-nodes", "8", "--cache-dir", str(tmp_path / "cache")])
+    assert done.value.code == 0
+    assert json.loads((tmp_path / "heads" / "config.json").read_text())["tree_choice"]["nodes"] <= 8
 
 
 def test_train_cli_context_drafter_from_text_records(shared_dir, tmp_path):

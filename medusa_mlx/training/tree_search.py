@@ -193,8 +193,8 @@ def choose_tree_for(model, held_out, max_nodes: int = 64) -> TreeChoice:
 def main(argv=None):
     """Re-measure and store the tree of a trained heads folder (e.g. on a quiet
     machine): python -m medusa_mlx.training.tree_search --model M --heads DIR
-    --features held_out.npz (Medusa heads), or --answers STORE... (a context
-    drafter: the held-out answers' cached sequence features)."""
+    --answers STORE... (the held-out answers' cached features; either kind) or
+    --features held_out.npz (Medusa heads trained on --data)."""
     from ..cli import run_cli
 
     run_cli(_main, argv)
@@ -208,7 +208,7 @@ def _main(argv):
     from ..heads import load_heads, save_heads
     from ..load import load_backbone
     from ..model import is_context, medusa_model
-    from .data import load_features
+    from .data import load_features, position_features
     from .prompt_sets import answer_files
     from .sequences import answer_sequence_features
 
@@ -217,24 +217,25 @@ def _main(argv):
     p.add_argument("--heads", required=True)
     p.add_argument("--features", help="Medusa heads: held-out features-*.npz from training")
     p.add_argument("--answers", nargs="+", default=[],
-                   help="a context drafter: answer stores whose held-out answers are measured")
+                   help="answer stores whose held-out answers are measured (either kind)")
     p.add_argument("--max-seq-len", type=int, default=512)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "medusa-mlx" / "train"))
     p.add_argument("--max-tree-nodes", type=int, default=64)
     args = p.parse_args(argv)
     backbone, _, _ = load_backbone(args.model)
     heads = load_heads(args.heads)
-    if is_context(heads):
-        if not args.answers:
-            raise UsageError("a context drafter's tree is measured on --answers STORE...")
+    if args.answers:  # held-out answers: whole sequences for a drafter, positions for heads
         held = answer_sequence_features(backbone, args.model, answer_files(args.answers),
                                         args.max_seq_len, args.cache_dir, held_out=True)
         if held is None:
             raise UsageError("no held-out answers in --answers")
-    elif args.features:
+        if not is_context(heads):
+            held = position_features(held)
+    elif args.features and not is_context(heads):
         held = load_features(args.features)
     else:
-        raise UsageError("Medusa heads' tree is measured on --features held_out.npz")
+        raise UsageError("measure on --answers STORE... (either kind) or, for Medusa heads, "
+                         "--features held_out.npz")
     choice = choose_tree_for(medusa_model(backbone, heads), held, args.max_tree_nodes)
     heads.args.extra["tree"] = choice.paths
     heads.args.extra["tree_choice"] = choice.summary()
