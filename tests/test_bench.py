@@ -129,6 +129,11 @@ def test_plot_draws_a_stored_report(tmp_path):
     out = plot_report(report, tmp_path / "fig" / "smollm2.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # three panels, not a blank
+    # A fresh run's record (``--plot`` without a JSON round trip) has int curve keys.
+    curve = report["verify_cost"]
+    fresh = {**report, "verify_cost": {**curve, "relative": {int(k): v for k, v in
+                                                             curve["relative"].items()}}}
+    assert plot_report(fresh, tmp_path / "fresh.png").read_bytes() == data
 
 
 def test_plot_cli_refuses_what_is_not_a_report(tmp_path):

@@ -58,10 +58,11 @@ def plot_report(report: dict, path) -> Path:
         ax.set_xticks(list(x))
         ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
     curve = report.get("verify_cost") or {}
-    relative = curve.get("relative") or {}
+    # Keys are ints in a fresh run's record and strings once it went through JSON.
+    relative = {int(k): v for k, v in (curve.get("relative") or {}).items()}
     if relative:
-        sizes = sorted(int(k) for k in relative)
-        ax_cost.plot(sizes, [relative[str(k)] for k in sizes], marker="o")
+        sizes = sorted(relative)
+        ax_cost.plot(sizes, [relative[k] for k in sizes], marker="o")
         ax_cost.set_xscale("log", base=2)
         ax_cost.set_xticks(sizes)
         ax_cost.set_xticklabels([str(k) for k in sizes])
