@@ -398,6 +398,18 @@ def test_stories260k_shipped_drafter_is_exact_and_drafts_deep(shared_dir):
 
 
 @pytest.mark.smollm2
+def test_smollm2_shipped_drafter_is_exact_and_accepts():
+    """``--medusa smollm2-context``: the drafter trained on SmolLM2's own answers."""
+    model, tokenizer = load(None, medusa="smollm2-context")
+    assert is_context(model.heads)
+    prompt = encode_prompt(tokenizer, [{"role": "user", "content":
+                                        "Tom has 3 apples and buys 5 more. How many now?"}])
+    out, steps = run(model, prompt, 64, tree="auto")
+    assert out == plain_greedy(model.backbone, prompt, 64)
+    assert len(out) / (len(steps) + 1) > 1.3
+
+
+@pytest.mark.smollm2
 def test_smollm2_random_drafter_equals_plain():
     backbone, tokenizer = load(medusa=False)
     parts = inspect_backbone(backbone.backbone)

@@ -323,9 +323,14 @@ def test_train_cli_context_drafter_from_text_records(shared_dir, tmp_path):
                     "--max-records", "24", "--max-new-tokens", "40", "--held-out", "0.25",
                     "--num-heads", "3", "--steps", "3", "--batch-size", "4", "--window", "32",
                     "--max-tree-nodes", "8", "--cache-dir", str(tmp_path / "cache"),
-                    "--out", str(out)])
+                    "--dtype", "float16", "--out", str(out)])
     assert done.value.code == 0
     config = json.loads((out / "config.json").read_text())
+    # Saved as asked, although measuring the tree computed in the backbone's float32.
+    from medusa_mlx.safe_files import read_safetensors_header
+
+    header = read_safetensors_header(out / "model.safetensors")
+    assert {info.dtype for info in header.values()} == {"F16"}
     assert config["training"]["train_sequences"] == 18 and config["tree_choice"]["nodes"] <= 8
     assert len(config["held_out_top1_per_depth"]) == 3
     model, tokenizer = load(model_path, medusa=str(out))

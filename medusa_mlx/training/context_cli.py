@@ -124,5 +124,6 @@ def run(args, backbone, tokenizer, data_config, console, argv=None) -> None:
                       f"-> {choice.speedup:.2f}x (estimate)")
     elif args.tree not in ("none", "measure"):
         extra["tree"] = [list(p) for p in PRESETS[args.tree]]
+    drafter.set_dtype(getattr(mx, args.dtype))  # medusa_model computes in the backbone's dtype
     save_heads(args.out, drafter, extra)
     console.print(f"saved context drafter to {args.out} ({time.perf_counter() - tic:.0f} s in all)")
