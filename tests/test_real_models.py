@@ -194,6 +194,15 @@ def test_train_cli_end_to_end_on_stories260k(shared_dir, tmp_path):
     assert report["accuracy"]["own guesses"]["top1"] == config["held_out_accuracy"]["top1"]
     assert report["accuracy"]["true tokens"]["top1"] == forced
     assert report["prompts"] == 2 and report["trees"]["auto"]["mean_accepted_length"] >= 1
+    # A shipped folder by name, as every other CLI takes it (the stories drafter).
+    with pytest.raises(SystemExit) as done:
+        evaluate_main(["--model", str(shared_dir / "data" / "stories260K.bin"),
+                       "--heads", "stories260K-context", "--data", str(tmp_path / "main.txt"),
+                       "--held-out", "0.2", "--num-prompts", "2", "--max-tokens", "20",
+                       "--trees", "auto", "--output", str(tmp_path / "eval-ctx.json")])
+    assert done.value.code == 0
+    assert json.loads((tmp_path / "eval-ctx.json").read_text())["trees"]["auto"][
+        "mean_accepted_length"] > 1
     model, tokenizer = load(str(shared_dir / "data" / "stories260K.bin"), medusa=str(out))
     assert model.head_vocab is not None and model.head_vocab.shape == (64,)
     prompt = tokenizer.encode("Tom had a red kite.")

@@ -171,8 +171,8 @@ def main(argv=None):
 
 def _main(argv):
     from ..heads import load_heads
+    from ..load import load_backbone, resolve_heads_path
     from ..model import medusa_model
-    from ..load import load_backbone
     from .data import load_features
 
     parser = configure_parser()
@@ -181,7 +181,7 @@ def _main(argv):
         parser.error("decoding held-out prompts needs --data or --prompt-sets "
                      "(or pass --trees with no trees)")
     backbone, tokenizer, _ = load_backbone(args.model)
-    model = medusa_model(backbone, load_heads(args.heads))
+    model = medusa_model(backbone, load_heads(resolve_heads_path(args.heads)))
     results = {"heads": args.heads, "max_tokens": args.max_tokens,
                "held_out_accuracy": model.heads.args.extra.get("held_out_accuracy")}
     if args.features:
