@@ -29,6 +29,7 @@ import numpy as np
 
 from ..context import ContextDrafter
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .data import relabel
 from .sequences import SequenceFeatures
 
 IGNORE = -1
@@ -138,10 +139,6 @@ def drafter_ranks(drafter: ContextDrafter, project: Callable, embed: Callable,
     (head vocabulary ids; None: the whole vocabulary).
 
     Depth d's node of the step at s predicts x_{s+1+d}: pass d-1 at s+d-1."""
-    slots = None
-    if vocab is not None:
-        slots = np.full(max(int(vocab.max()), int(data.predicted.max())) + 1, IGNORE, np.int64)
-        slots[vocab] = np.arange(len(vocab))
     ranks, ends = [], []
     for i, start in enumerate(data.starts.tolist()):
         o, end = int(data.offsets[i]), int(data.offsets[i + 1])
@@ -150,9 +147,9 @@ def drafter_ranks(drafter: ContextDrafter, project: Callable, embed: Callable,
             continue
         feats = mx.array(data.hidden[o:end][None].astype(np.float32))
         tokens = mx.array(data.tokens[o:end][None])
-        labels = data.predicted[o + 1: end].astype(np.int64)  # at t: the token after x_{t+1}
-        if slots is not None:
-            labels = slots[labels]
+        labels = data.predicted[o + 1: end]  # at t: the token after x_{t+1}
+        if vocab is not None:  # head-vocabulary slots, IGNORE outside it
+            labels = relabel(labels, vocab)
         rank = np.full((depth, T - start), max_rank, np.int64)
         for p, g in enumerate(unrolled_outputs(drafter, embed, feats, tokens, depth)):
             logits = project(g[0]).astype(mx.float32)

@@ -122,7 +122,7 @@ def run(args, backbone, tokenizer, data_config, console, argv=None) -> None:
         console.print(f"tree: {len(choice.paths)} nodes, expected {choice.expected_length:.2f} "
                       f"tokens/step at {choice.relative_cost:.2f}x a plain step "
                       f"-> {choice.speedup:.2f}x (estimate)")
-    elif args.tree not in ("none", "measure"):
+    elif args.tree != "none":
         extra["tree"] = [list(p) for p in PRESETS[args.tree]]
     drafter.set_dtype(getattr(mx, args.dtype))  # medusa_model computes in the backbone's dtype
     save_heads(args.out, drafter, extra)

@@ -104,9 +104,16 @@ def training_rows(rows, max_seq_len: int = 1024, held_out: bool = False,
     already taken, updated), sequences cut to ``max_seq_len`` tokens; ``start``
     is the last prompt position (the first whose labels are answer tokens)."""
     for r in split_rows(rows, held_out, seen):
-        tokens = (r["prompt_ids"] + r["answer_ids"])[:max_seq_len]
-        if len(tokens) > len(r["prompt_ids"]):
-            yield tokens, len(r["prompt_ids"]) - 1
+        row = training_row(r, max_seq_len)
+        if row is not None:
+            yield row
+
+
+def training_row(r: dict, max_seq_len: int) -> Optional[tuple[list, int]]:
+    """One answer row -> ``(tokens, start)`` cut to ``max_seq_len`` tokens, or
+    None when the cut leaves no answer token."""
+    tokens = (r["prompt_ids"] + r["answer_ids"])[:max_seq_len]
+    return (tokens, len(r["prompt_ids"]) - 1) if len(tokens) > len(r["prompt_ids"]) else None
 
 
 def split_rows(rows, held_out: bool, seen: Optional[set] = None) -> Iterator[dict]:
@@ -131,11 +138,10 @@ def store_status(paths, max_seq_len: int = 1024) -> dict:
             if held:
                 entry["held_out"] += 1
                 continue
-            positions = min(len(r["prompt_ids"]) + len(r["answer_ids"]), max_seq_len) \
-                - len(r["prompt_ids"]) + 1
-            if positions > 1:
+            row = training_row(r, max_seq_len)
+            if row is not None:
                 entry["answers"] += 1
-                entry["positions"] += positions
+                entry["positions"] += len(row[0]) - row[1]
     return dict(sorted(status.items(), key=lambda kv: -kv[1]["positions"]))
 
 
